@@ -1,0 +1,77 @@
+"""Shared benchmark helpers: data paths, cached MiniLM teachers, result writing and table printing.
+
+Teachers are fine-tuned once (seeded) and cached outside the repo in $SLIMFORMER_CACHE
+(default ~/.cache/slimformer/teachers/<task>). Every benchmark compresses these same teachers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+DATA = Path(os.environ.get("SLIMFORMER_DATA", ROOT.parent / "shared" / "data"))
+CACHE = Path(os.environ.get("SLIMFORMER_CACHE", Path.home() / ".cache" / "slimformer"))
+RESULTS = ROOT / "benchmarks" / "results"
+TEACHER_RECIPES = {  # the command line that reproduces each teacher is in docs/BENCHMARKS.md
+    "sst2": dict(epochs=3, lr=5e-5, batch_size=32, max_len=128, seed=42),
+    "cola": dict(epochs=3, lr=5e-5, batch_size=32, max_len=128, seed=42),
+    "mrpc": dict(epochs=5, lr=5e-5, batch_size=32, max_len=128, seed=42),
+}
+
+
+def task(name: str) -> Any:
+    from slimformer import tasks
+
+    return tasks.load(name, DATA / name)
+
+
+def teacher_dir(name: str) -> Path:
+    return CACHE / "teachers" / name
+
+
+def teacher(name: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of the MiniLM teacher fine-tuned on task `name`, training it once if not cached."""
+    from slimformer import models
+    from slimformer.train import TrainConfig, finetune
+
+    out = teacher_dir(name)
+    if not (out / "model.safetensors").exists():
+        t = task(name)
+        model, tok = models.load("minilm", num_labels=len(t.labels))
+        work = CACHE / "work" / f"teacher-{name}"
+        model, stats = finetune(model, tok, t, TrainConfig(**TEACHER_RECIPES[name]), work, resume=True)
+        models.save(model, tok, out)
+        (out / "train_stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    return models.load(str(out))
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """benchmarks/results/<name>.json with the machine description and a timestamp."""
+    from slimformer.bench import machine
+    from slimformer.fsutil import write_json
+
+    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **payload}
+    path = RESULTS / f"{name}.json"
+    write_json(path, payload)
+    return path
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        return
+    table = Table(title=title)
+    cols = list(rows[0].keys())
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
+    Console().print(table)

@@ -1,0 +1,11 @@
+"""slimformer: make Transformer NLP models small and fast, and say honestly what each choice costs."""
+from __future__ import annotations
+
+from . import tasks
+from .errors import SlimformerError
+from .models import load, save
+from .prune.layers import DropLayers
+from .train_steps import Finetune
+
+__version__ = "0.1.0"
+__all__ = ["tasks", "load", "save", "SlimformerError", "DropLayers", "Finetune", "__version__"]

@@ -1,0 +1,69 @@
+"""Structural operations that can be replayed, so that any reshaped model reloads in a fresh process.
+
+A compression technique that changes module shapes or types (slicing heads, replacing a Linear by two,
+tying layers, swapping in quantized modules) does it through `apply_op(model, "name", **args)`. The op is
+a pure function of (model, args) that changes structure; it is recorded in `model.config.slimformer["ops"]`,
+saved inside config.json. Loading builds the original architecture from the config, replays the ops in
+order on the freshly initialised model, and then loads the saved tensors, strictly. The args must be
+JSON-serialisable.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import SlimformerError
+
+OpFn = Callable[..., None]
+_OPS: dict[str, OpFn] = {}
+
+
+def register_op(name: str) -> Callable[[OpFn], OpFn]:
+    """Register a structural op `fn(model, **args) -> None` under a stable name."""
+
+    def deco(fn: OpFn) -> OpFn:
+        if name in _OPS and _OPS[name] is not fn:
+            raise ValueError(f"structural op '{name}' registered twice")
+        _OPS[name] = fn
+        return fn
+
+    return deco
+
+
+def recorded_ops(model_or_config: Any) -> list[dict[str, Any]]:
+    config = getattr(model_or_config, "config", model_or_config)
+    meta = getattr(config, "slimformer", None) or {}
+    return list(meta.get("ops", []))
+
+
+def apply_op(model: nn.Module, name: str, **args: Any) -> None:
+    """Apply a registered structural op to model and record it for reload."""
+    _ensure_registered()
+    if name not in _OPS:
+        raise SlimformerError(f"unknown structural op '{name}'")
+    _OPS[name](model, **copy.deepcopy(args))
+    meta = dict(getattr(model.config, "slimformer", None) or {})
+    meta["ops"] = recorded_ops(model) + [{"op": name, "args": args}]
+    model.config.slimformer = meta
+
+
+def replay_ops(model: nn.Module, ops: list[dict[str, Any]]) -> None:
+    """Replay recorded ops on a freshly built model (weights are loaded afterwards)."""
+    _ensure_registered()
+    for i, rec in enumerate(ops):
+        name = rec.get("op")
+        if name not in _OPS:
+            raise SlimformerError(
+                f"saved model needs structural op '{name}' (step {i}) which this slimformer does not know"
+            )
+        _OPS[name](model, **copy.deepcopy(rec.get("args", {})))
+    meta = dict(getattr(model.config, "slimformer", None) or {})
+    meta["ops"] = list(ops)
+    model.config.slimformer = meta
+
+
+def _ensure_registered() -> None:
+    """Import the technique modules so that their ops are registered before a replay."""
+    from .. import techniques  # noqa: F401

@@ -1,0 +1,1 @@
+"""Structured and unstructured pruning."""

@@ -1,0 +1,75 @@
+"""Drop whole Transformer layers (Sajjad et al.: top / bottom / alternate strategies, or an explicit list)."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..errors import check
+from ..models import apply_op, get_adapter, register_op
+from ..steps import Context, StepConfig, implements
+
+
+class DropLayers(StepConfig):
+    """Remove whole layers. `keep` is a count (>= 1) or a ratio in (0, 1); or name `drop` explicitly."""
+
+    step: ClassVar[str] = "drop_layers"
+    keep: float | None = Field(None, gt=0, description="layers to keep: a count >= 1 or a ratio in (0, 1)")
+    drop: list[int] | None = Field(None, description="explicit layer indices to drop (0-based)")
+    strategy: Literal["top", "bottom", "alternate"] = "top"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "DropLayers":
+        check((self.keep is None) != (self.drop is None), "drop_layers: give exactly one of keep or drop")
+        check(self.keep is None or self.keep < 1 or float(self.keep).is_integer(),
+              "drop_layers: keep must be a whole count >= 1 or a ratio below 1")
+        return self
+
+
+def layers_to_keep(n: int, keep: int, strategy: str) -> list[int]:
+    """Indices kept by a fixed strategy: top drops the last layers, bottom the first, alternate every other."""
+    check(1 <= keep <= n, f"cannot keep {keep} of {n} layers")
+    if strategy == "top":
+        return list(range(keep))
+    if strategy == "bottom":
+        return list(range(n - keep, n))
+    drop_n = n - keep  # alternate: drop odd-position layers from the top down, as in Sajjad et al.
+    odd = [i for i in range(n - 1, -1, -1) if i % 2 == 1][:drop_n]
+    rest = [i for i in range(n - 1, -1, -1) if i % 2 == 0][: drop_n - len(odd)]
+    dropped = set(odd) | set(rest)
+    return [i for i in range(n) if i not in dropped]
+
+
+@register_op("keep_layers")
+def _keep_layers(model: nn.Module, keep: list[int]) -> None:
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    adapter.set_layers(model, nn.ModuleList([layers[i] for i in keep]))
+
+
+def keep_layers(model: nn.Module, keep: list[int]) -> nn.Module:
+    """Keep only the given layer indices (in order); recorded so the model reloads."""
+    n = len(get_adapter(model).layers(model))
+    bad = [i for i in keep if not 0 <= i < n]
+    check(not bad, f"unknown layer index {bad[0] if bad else ''}: the model has layers 0..{n - 1}")
+    check(len(keep) > 0, "cannot drop every layer of the model")
+    check(len(set(keep)) == len(keep), "layer indices to keep must be distinct")
+    apply_op(model, "keep_layers", keep=sorted(keep))
+    return model
+
+
+@implements(DropLayers)
+def drop_layers(model: nn.Module, cfg: DropLayers, ctx: Context) -> nn.Module:
+    n = len(get_adapter(model).layers(model))
+    if cfg.drop is not None:
+        bad = [i for i in cfg.drop if not 0 <= i < n]
+        check(not bad, f"drop_layers: unknown layer index {bad[0] if bad else ''} (the model has layers 0..{n - 1})")
+        keep = [i for i in range(n) if i not in set(cfg.drop)]
+    else:
+        assert cfg.keep is not None
+        count = int(cfg.keep) if cfg.keep >= 1 else max(1, round(cfg.keep * n))
+        check(count <= n, f"drop_layers: keep={count} but the model has only {n} layers")
+        keep = layers_to_keep(n, count, cfg.strategy)
+    ctx.note("kept_layers", keep)
+    return keep_layers(model, keep)
