@@ -47,7 +47,8 @@ def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq
     if check:
         probe = dummy_inputs(tokenizer, 3, max(seq_len + 5, 8), seed=1)
         probe["attention_mask"][2, 3:] = 0
-        ref = _logits(model(**probe))
+        with torch.no_grad():
+            ref = _logits(model(**probe))
         got = OnnxModel(path)(probe)
         diff = float((ref - got).abs().max())
         result["max_abs_diff"] = diff

@@ -57,7 +57,7 @@ class Context:
 
     tokenizer: Any
     task: TaskData | None
-    work_dir: Path
+    work_dir: Path  # the runner gives each step its own scratch directory (checkpoints, caches)
     teacher: torch.nn.Module | None = None  # the model as it entered the recipe (never modified)
     seed: int = 42
     max_len: int = 128

@@ -67,6 +67,14 @@ class Adapter:
     def ffn(self, layer: nn.Module) -> FFNParts:
         raise NotImplementedError
 
+    def attention_block(self, layer: nn.Module) -> nn.Module:
+        """The whole attention sub-block of a layer (projections, softmax, output), for timing."""
+        raise NotImplementedError
+
+    def ffn_blocks(self, layer: nn.Module) -> list[nn.Module]:
+        """The modules that together make the FFN sub-block (with activation), for timing."""
+        raise NotImplementedError
+
     def head_modules(self, model: nn.Module) -> list[str]:
         """Names of the task-head modules (classifier, pooler) that compression should leave alone."""
         return []

@@ -54,6 +54,12 @@ class BertAdapter(Adapter):
     def ffn(self, layer: nn.Module) -> FFNParts:
         return FFNParts(layer.intermediate.dense, layer.output.dense)
 
+    def attention_block(self, layer: nn.Module) -> nn.Module:
+        return layer.attention
+
+    def ffn_blocks(self, layer: nn.Module) -> list[nn.Module]:
+        return [layer.intermediate, layer.output]
+
     def head_modules(self, model: nn.Module) -> list[str]:
         names = [n for n, _ in model.named_children() if n in ("classifier", "cls", "lm_head", "qa_outputs")]
         bb = self.backbone(model)

@@ -97,19 +97,16 @@ def _load_with_ops(path: str, config: Any, cls: Any, ops: list[dict[str, Any]]) 
     weights = Path(path) / "model.safetensors"
     if not weights.is_file():
         raise SlimformerError(f"{path}: slimformer model without model.safetensors")
-    base_config = copy.deepcopy(config)
-    base = dict(getattr(base_config, "slimformer", None) or {})
-    for key, value in base.get("base_config", {}).items():
-        setattr(base_config, key, value)
+    meta = dict(config.slimformer)
+    base_config = type(config).from_dict(meta.get("base_config") or config.to_dict())
     base_config.slimformer = {}
     if hasattr(cls, "from_config"):
         model = cls.from_config(base_config)
     else:
         model = cls._from_config(base_config)
     replay_ops(model, ops)
-    model.config.slimformer = dict(config.slimformer)
-    for key, value in config.to_diff_dict().items():
-        if key != "slimformer" and not key.startswith("_"):
+    for key, value in config.to_dict().items():  # the final config (layer counts etc.) as saved
+        if not key.startswith("_"):
             setattr(model.config, key, value)
     missing, unexpected = load_model(model, str(weights), strict=True)
     if missing or unexpected:

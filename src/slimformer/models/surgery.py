@@ -43,8 +43,10 @@ def apply_op(model: nn.Module, name: str, **args: Any) -> None:
     _ensure_registered()
     if name not in _OPS:
         raise SlimformerError(f"unknown structural op '{name}'")
-    _OPS[name](model, **copy.deepcopy(args))
     meta = dict(getattr(model.config, "slimformer", None) or {})
+    if "base_config" not in meta:  # the architecture the ops replay on, as it was before the first op
+        meta["base_config"] = {k: v for k, v in model.config.to_dict().items() if k != "slimformer"}
+    _OPS[name](model, **copy.deepcopy(args))
     meta["ops"] = recorded_ops(model) + [{"op": name, "args": args}]
     model.config.slimformer = meta
 

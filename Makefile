@@ -1,0 +1,33 @@
+# `make demo` runs the main job; `make test` runs the test suite. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo demo-quick test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch that lies on disk; a bare `torch` would fetch a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/slimformer demo --data-root $(DATA)
+
+demo-quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/slimformer demo --data-root $(DATA) --quick
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not integration"
+
+clean:
+	rm -rf runs .pytest_cache

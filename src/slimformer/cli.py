@@ -1,0 +1,210 @@
+"""The `slimformer` command line: thin wrappers that parse, call the library and print with rich."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import SlimformerError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make Transformer NLP models small and fast, and measure what each choice costs.")
+
+MODEL_HELP = "local model directory, a Hugging Face hub id, or 'minilm' (the packaged all-MiniLM-L6-v2)"
+TASK_HELP = "sst2, cola, mrpc, or classification (generic CSV/TSV/JSONL/datasets; see --text-col)"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def _task(task: str, data: str, text_col: Optional[str] = None, pair_col: Optional[str] = None,
+          label_col: Optional[str] = None) -> Any:
+    from . import tasks
+
+    return tasks.load(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col)
+
+
+def _out(obj: Any, path: Optional[Path]) -> None:
+    if path is not None:
+        from .fsutil import write_json
+
+        write_json(path, obj)
+
+
+@app.command()
+def profile(model: str = typer.Argument(..., help=MODEL_HELP),
+            seq_len: int = typer.Option(128, min=1, help="sequence length of the dummy batch"),
+            batch: int = typer.Option(1, min=1),
+            threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: torch's)"),
+            runs: int = typer.Option(10, min=1, help="timed forward passes (median reported)"),
+            json_out: Optional[Path] = typer.Option(None, "--json", help="also write the profile as JSON")) -> None:
+    """Parameters, FLOPs, measured latency and memory per component (embeddings, attention, FFN, ...)."""
+    from . import models
+    from .profile import profile_model
+    from .progress import console
+    from .report import profile_table
+
+    m, tok = models.load(model)
+    prof = profile_model(m, tok, seq_len, batch, threads, runs)
+    console.print(profile_table(prof))
+    _out(prof, json_out)
+
+
+@app.command()
+def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
+             task: str = typer.Option(..., help=TASK_HELP), data: str = typer.Option(..., help="data path"),
+             out: Path = typer.Option(..., help="output directory"),
+             epochs: float = typer.Option(3.0), lr: float = typer.Option(5e-5), batch_size: int = typer.Option(32),
+             max_len: int = typer.Option(128), seed: int = typer.Option(42),
+             max_train_examples: Optional[int] = typer.Option(None, help="train on a random subset"),
+             resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT"),
+             text_col: Optional[str] = None, pair_col: Optional[str] = None, label_col: Optional[str] = None
+             ) -> None:
+    """Fine-tune a classifier on the HF Trainer (works under torchrun / accelerate launch)."""
+    from . import models
+    from .evaluate import evaluate_task
+    from .fsutil import write_json
+    from .progress import console
+    from .train import TrainConfig, finetune as run_finetune, is_main_process
+
+    td = _task(task, data, text_col, pair_col, label_col)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed,
+                      max_train_examples=max_train_examples)
+    if Path(model).exists() and Path(model).resolve() == out.resolve():
+        raise SlimformerError("--out must differ from the input model directory")
+    m, tok = models.load(model, num_labels=len(td.labels))
+    work = out.parent / f".{out.name}.train"
+    m, stats = run_finetune(m, tok, td, cfg, work, resume=resume)
+    if is_main_process():
+        metrics = evaluate_task(m, tok, td, td.eval_split(), max_len)
+        models.save(m, tok, out)
+        write_json(out / "train_stats.json", {"config": cfg.model_dump(), "stats": stats, "eval": metrics})
+        console.print(f"[green]saved {out}[/green]  {td.eval_split()}: {json.dumps(metrics)}  "
+                      f"({stats['train_samples_per_second']:.1f} examples/s)")
+
+
+@app.command()
+def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = typer.Option(..., help=TASK_HELP),
+             data: str = typer.Option(...), split: str = typer.Option("dev"), max_len: int = typer.Option(128),
+             seq_len: int = typer.Option(128, help="sequence length of the latency measurement"),
+             threads: Optional[int] = typer.Option(None, min=1),
+             json_out: Optional[Path] = typer.Option(None, "--json"),
+             text_col: Optional[str] = None, pair_col: Optional[str] = None, label_col: Optional[str] = None
+             ) -> None:
+    """Task metric(s), parameters, size on disk, latency at batch 1 and 32."""
+    from . import models
+    from .evaluate import evaluate_task, footprint
+    from .progress import console
+    from .report import kv_table
+
+    td = _task(task, data, text_col, pair_col, label_col)
+    m, tok = models.load(model, num_labels=len(td.labels))
+    res = {"model": model, "task": td.name, "split": split, **evaluate_task(m, tok, td, split, max_len),
+           **footprint(m, tok, seq_len, n_threads=threads)}
+    console.print(kv_table(res, f"{model} on {td.name}/{split}"))
+    _out(res, json_out)
+
+
+@app.command()
+def compress(model: str = typer.Argument(..., help=MODEL_HELP),
+             recipe: Path = typer.Option(..., help="recipe YAML (see `slimformer steps`)"),
+             out: Path = typer.Option(..., help="output directory (model, ledger.jsonl, summary.json)"),
+             task: Optional[str] = typer.Option(None, help=TASK_HELP + " (overrides the recipe)"),
+             data: Optional[str] = typer.Option(None, help="data path (overrides the recipe)"),
+             restart: bool = typer.Option(False, "--restart", help="ignore finished steps of an interrupted run"),
+             ) -> None:
+    """Run a recipe; evaluate and record after every step; resume an interrupted run by re-running it."""
+    from .progress import console
+    from .recipe import run_recipe_file
+    from .report import comparison_line
+
+    result = run_recipe_file(model, recipe, out, task, data, restart)
+    console.print(comparison_line(result.comparison))
+    console.print(f"[green]saved {out}[/green] (reload with slimformer.load('{out}'))")
+
+
+@app.command()
+def export(model: str = typer.Argument(..., help=MODEL_HELP),
+           onnx: Path = typer.Option(..., help="output .onnx file"),
+           atol: float = typer.Option(1e-4, help="max allowed |ONNX - PyTorch| on a probe batch")) -> None:
+    """Export to ONNX (dynamic batch and length) and check the outputs in ONNX Runtime."""
+    from . import models
+    from .export import to_onnx
+    from .progress import console
+
+    m, tok = models.load(model)
+    res = to_onnx(m, tok, onnx, atol=atol)
+    tok.save_pretrained(onnx.parent / f"{onnx.stem}-tokenizer")
+    console.print(f"[green]wrote {onnx}[/green] ({onnx.stat().st_size / 1e6:.1f} MB), "
+                  f"max |ONNX - PyTorch| = {res['max_abs_diff']:.2e}")
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="output directory of `slimformer compress`")) -> None:
+    """Write report.md and report.png (metric vs size and latency per step) into RUN."""
+    from .progress import console
+    from .report import load_summary, print_ledger, write_report
+
+    summary = load_summary(run)
+    print_ledger(summary["rows"], summary.get("comparison"))
+    console.print(f"[green]wrote {write_report(run)}[/green]")
+
+
+@app.command()
+def steps() -> None:
+    """List the recipe steps and their fields."""
+    from .progress import console
+    from .steps import REGISTRY, known_steps
+
+    for name in known_steps():
+        cfg_cls = REGISTRY[name][0]
+        console.print(f"[bold]{name}[/bold]: {(cfg_cls.__doc__ or '').strip().splitlines()[0]}")
+        for fname, f in cfg_cls.model_fields.items():
+            default = "required" if f.is_required() else repr(f.default)
+            console.print(f"    {fname}: {default}  {f.description or ''}")
+
+
+@app.command()
+def demo(data_root: Path = typer.Option(Path("../shared/data"), help="folder holding sst2/"),
+         out: Path = typer.Option(Path("runs/demo"), help="where the teacher, student and report go"),
+         quick: bool = typer.Option(False, "--quick", help="smoke run: small subsets, minutes not tens of minutes"),
+         recipe: Path = typer.Option(Path("recipes/demo.yaml"), help="the example recipe to run")) -> None:
+    """The main job: fine-tune MiniLM on SST-2, evaluate, profile, compress with a recipe, report."""
+    from .demo import run_demo
+
+    run_demo(data_root, out, recipe, quick)
+
+
+def main() -> None:
+    """Entry point: user errors become one red line and exit code 1."""
+    _quiet_libraries()
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except SlimformerError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(1)
+    except ValidationError as e:
+        err = e.errors()[0]
+        typer.secho(f"error: {'.'.join(map(str, err['loc']))}: {err['msg']}", fg="red", err=True)
+        sys.exit(1)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.secho("interrupted (re-run the same command to resume)", fg="yellow", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

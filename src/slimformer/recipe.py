@@ -1,0 +1,249 @@
+"""Recipes: a validated list of steps (YAML or Python), the runner, and the run ledger.
+
+    task: sst2                      # optional defaults; the CLI's --task/--data override them
+    data: ../shared/data/sst2
+    eval: {split: dev, seq_len: 128}
+    steps:
+      - step: drop_layers
+        keep: 4
+      - step: finetune
+        epochs: 1
+
+The runner works on a copy of the model, evaluates it after every step (task metric, parameters, size on
+disk, latency at batch 1 and 32) and appends one JSON line per step to `ledger.jsonl`. Finished steps are
+checkpointed in `<out>.work/`, so re-running the same command after an interruption resumes after the
+last finished step. The output directory is written atomically at the end.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import models
+from .bench import compare_latency
+from .errors import SlimformerError, check
+from .evaluate import evaluate_task
+from .fsutil import atomic_dir, write_json
+from .models.io import num_params, save
+from .progress import console
+from .steps import Context, StepConfig, apply_step, parse_step
+from .tasks import TaskData
+from .tasks import load as load_task
+
+
+class EvalSettings(BaseModel):
+    """How the runner measures the model after each step."""
+
+    model_config = ConfigDict(extra="forbid")
+    split: str = "dev"
+    max_examples: int | None = Field(None, ge=1, description="evaluate on the first N examples only")
+    max_len: int = Field(128, ge=8, description="tokenizer truncation for evaluation and training")
+    seq_len: int = Field(128, ge=1, description="sequence length of the latency measurement")
+    batches: list[int] = Field(default_factory=lambda: [1, 32])
+    threads: int | None = Field(None, ge=1)
+    latency_budget_s: float = Field(4.0, gt=0, description="seconds of timing per model and batch size")
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    task: str | None = None
+    data: str | None = None
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 42
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    steps: list[Any]
+
+    def parsed_steps(self) -> list[StepConfig]:
+        check(len(self.steps) > 0, "recipe has no steps")
+        return [parse_step(s, i) for i, s in enumerate(self.steps)]
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    """Load and validate a recipe YAML file (one-line errors on any problem)."""
+    p = Path(path)
+    check(p.is_file(), f"recipe not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SlimformerError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if isinstance(raw, list):
+        raw = {"steps": raw}
+    check(isinstance(raw, dict), f"{p}: expected a mapping with 'steps' (or a list of steps)")
+    try:
+        recipe = Recipe(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise SlimformerError(f"{p}: {loc}: {err['msg'].replace('Extra inputs are not permitted', 'unknown field')}") from e
+    if recipe.data and not Path(recipe.data).is_absolute():
+        candidate = (p.parent / recipe.data).resolve()
+        if candidate.exists():
+            recipe.data = str(candidate)
+    recipe.parsed_steps()
+    return recipe
+
+
+@dataclass
+class Result:
+    """What compress returns: the compressed model and one ledger row per stage (input + each step)."""
+
+    model: torch.nn.Module
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    comparison: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        from .report import ledger_table
+
+        return ledger_table(self.rows, self.comparison)
+
+
+def _digest(steps: Sequence[StepConfig], upto: int) -> str:
+    text = json.dumps([[s.step, s.model_dump(mode="json")] for s in steps[: upto + 1]], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def measure(model: torch.nn.Module, tokenizer: Any, task: TaskData | None, ev: EvalSettings) -> dict[str, Any]:
+    """Metrics on the eval split, parameters, bytes on disk, latency per batch size."""
+    row: dict[str, Any] = {"params": num_params(model)}
+    if task is not None:
+        row["metrics"] = evaluate_task(model, tokenizer, task, task.eval_split(ev.split), ev.max_len, ev.max_examples)
+    row["size_bytes"] = _size(model)
+    for b in ev.batches:
+        lat = compare_latency({"m": model}, tokenizer, b, ev.seq_len, ev.threads, budget_s=ev.latency_budget_s)["m"]
+        row[f"latency_b{b}_ms"] = round(lat.median_ms, 3)
+        row["threads"] = lat.threads
+    row["seq_len"] = ev.seq_len
+    return row
+
+
+def _size(model: torch.nn.Module) -> int:
+    from .bench import saved_size
+
+    return saved_size(model)
+
+
+def compress(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    steps: Sequence[StepConfig | dict[str, Any]],
+    out: str | Path,
+    task: TaskData | None = None,
+    eval_settings: EvalSettings | None = None,
+    seed: int = 42,
+    restart: bool = False,
+    recipe_text: str | None = None,
+) -> Result:
+    """Run steps on a copy of model; write the final model, ledger and summary to `out` (atomically)."""
+    ev = eval_settings or EvalSettings()
+    cfgs = [parse_step(s, i) for i, s in enumerate(steps)]
+    check(len(cfgs) > 0, "recipe has no steps")
+    out = Path(out).resolve()
+    work = out.parent / f".{out.name}.work"
+    if restart and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    ledger_path = work / "ledger.jsonl"
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    current = copy.deepcopy(model)
+    ctx = Context(tokenizer=tokenizer, task=task, work_dir=work, teacher=teacher, seed=seed, max_len=ev.max_len)
+
+    rows, start = _resume(ledger_path, cfgs, work)
+    if start > 0:
+        console.print(f"[yellow]resuming after step {start} ({cfgs[start - 1].step}) from {work}")
+        current, _ = models.load(str(work / f"after-{start:02d}"))
+    if not rows:
+        console.print("[bold]measuring the input model")
+        rows.append({"index": 0, "step": "input", "config": {}, **measure(current, tokenizer, task, ev)})
+        _append(ledger_path, rows[-1])
+    for i in range(start, len(cfgs)):
+        cfg = cfgs[i]
+        console.print(f"[bold]step {i + 1}/{len(cfgs)}: {cfg.describe()}")
+        ctx.info = {}
+        ctx.resume = True  # a step interrupted mid-training continues from its own checkpoints
+        ctx.work_dir = work / f"step-{i + 1:02d}-{cfg.step}-{_digest(cfgs, i)}"
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        current = apply_step(current, cfg, ctx)
+        seconds = time.perf_counter() - t0
+        save(current, tokenizer, work / f"after-{i + 1:02d}")
+        row = {"index": i + 1, "step": cfg.step, "config": cfg.model_dump(mode="json"), "seconds": round(seconds, 2),
+               "digest": _digest(cfgs, i), **measure(current, tokenizer, task, ev), "info": ctx.info}
+        rows.append(row)
+        _append(ledger_path, row)
+        from .report import print_ledger
+
+        print_ledger(rows)
+    comparison = _final_comparison(model, current, tokenizer, ev)
+    with atomic_dir(out) as tmp:
+        save(current, tokenizer, tmp / "model")
+        for f in tmp.joinpath("model").iterdir():
+            f.rename(tmp / f.name)
+        tmp.joinpath("model").rmdir()
+        shutil.copy(ledger_path, tmp / "ledger.jsonl")
+        write_json(tmp / "summary.json", {"rows": rows, "comparison": comparison})
+        if recipe_text is not None:
+            (tmp / "recipe.yaml").write_text(recipe_text)
+    shutil.rmtree(work, ignore_errors=True)
+    return Result(current, rows, comparison)
+
+
+def _final_comparison(before: torch.nn.Module, after: torch.nn.Module, tokenizer: Any, ev: EvalSettings) -> dict:
+    """Input vs output latency measured interleaved in the same run: the speed-up figure to trust."""
+    comp: dict[str, Any] = {"threads": None, "seq_len": ev.seq_len}
+    for b in ev.batches:
+        lat = compare_latency({"input": before, "output": after}, tokenizer, b, ev.seq_len, ev.threads,
+                              budget_s=2 * ev.latency_budget_s)
+        comp[f"b{b}"] = {"input_ms": round(lat["input"].median_ms, 3), "output_ms": round(lat["output"].median_ms, 3),
+                         "speedup": round(lat["input"].median_ms / lat["output"].median_ms, 3)}
+        comp["threads"] = lat["input"].threads
+    return comp
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+
+
+def _resume(ledger: Path, cfgs: list[StepConfig], work: Path) -> tuple[list[dict[str, Any]], int]:
+    """Rows of finished steps whose recipe prefix is unchanged and whose checkpoint exists."""
+    if not ledger.exists():
+        return [], 0
+    rows = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if r.get("index") == 0][:1]
+    for r in rows:
+        i = r.get("index", 0)
+        if i >= 1 and i == len(kept) and i <= len(cfgs) and r.get("digest") == _digest(cfgs, i - 1) \
+                and (work / f"after-{i:02d}" / "model.safetensors").exists():
+            kept.append(r)
+    if not kept:
+        return [], 0
+    return kept, len(kept) - 1
+
+
+def run_recipe_file(model_name: str, recipe_path: str | Path, out: str | Path, task: str | None = None,
+                    data: str | None = None, restart: bool = False, task_options: dict[str, Any] | None = None
+                    ) -> Result:
+    """The CLI's `compress`: load model and task, run the recipe file, write `out`."""
+    recipe = read_recipe(recipe_path)
+    task_name, data_path = task or recipe.task, data or recipe.data
+    td = None
+    if task_name:
+        check(data_path is not None, f"task {task_name} needs --data (or data: in the recipe)")
+        td = load_task(task_name, data_path, **{**recipe.task_options, **(task_options or {})})
+    src = Path(models.resolve(model_name)) if Path(model_name).exists() else None
+    check(src is None or src.resolve() != Path(out).resolve(), "--out must differ from the input model directory")
+    model, tok = models.load(model_name, num_labels=len(td.labels) if td else None)
+    return compress(model, tok, recipe.parsed_steps(), out, td, recipe.eval, recipe.seed, restart,
+                    Path(recipe_path).read_text())

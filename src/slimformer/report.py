@@ -1,0 +1,139 @@
+"""Tables and plots of a run: accuracy vs size vs measured latency, per recipe step."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from .errors import check
+from .fsutil import atomic_write_text
+from .progress import console
+
+
+def _metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    return list(rows[0].get("metrics", {}).keys()) if rows else []
+
+
+def rich_table(rows: list[dict[str, Any]], title: str = "slimformer run") -> Table:
+    metrics = _metric_names(rows)
+    base = rows[0] if rows else {}
+    t = Table(title=title)
+    for c in ["#", "step", *metrics, "Δ " + metrics[0] if metrics else None, "params (M)", "size (MB)",
+              "b1 ms", "b32 ms"]:
+        if c:
+            t.add_column(c, justify="right" if c not in ("step",) else "left")
+    for r in rows:
+        m = r.get("metrics", {})
+        cells = [str(r.get("index", "")), r.get("step", "")]
+        cells += [f"{m[k]:.4f}" if k in m else "-" for k in metrics]
+        if metrics:
+            delta = (m.get(metrics[0], float("nan")) - base.get("metrics", {}).get(metrics[0], float("nan"))) * 100
+            cells.append(f"{delta:+.2f} pt")
+        cells += [f"{r.get('params', 0) / 1e6:.2f}", f"{r.get('size_bytes', 0) / 1e6:.1f}",
+                  f"{r.get('latency_b1_ms', float('nan')):.1f}", f"{r.get('latency_b32_ms', float('nan')):.1f}"]
+        t.add_row(*cells)
+    return t
+
+
+def print_ledger(rows: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> None:
+    console.print(rich_table(rows))
+    if comparison:
+        console.print(comparison_line(comparison))
+
+
+def comparison_line(comp: dict[str, Any]) -> str:
+    parts = [f"batch {k[1:]}: {v['input_ms']:.1f} -> {v['output_ms']:.1f} ms ({v['speedup']:.2f}x)"
+             for k, v in comp.items() if k.startswith("b") and isinstance(v, dict)]
+    return (f"speed-up measured interleaved in one run (seq len {comp.get('seq_len')}, "
+            f"{comp.get('threads')} threads): " + "; ".join(parts))
+
+
+def ledger_table(rows: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> str:
+    """The run as a Markdown table (plus the same-run speed-up line)."""
+    metrics = _metric_names(rows)
+    head = ["#", "step", *metrics, "params (M)", "size (MB)", "latency b1 (ms)", "latency b32 (ms)", "step time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r.get("metrics", {})
+        cells = [str(r.get("index", "")), r.get("step", "")] + [f"{m[k]:.4f}" if k in m else "-" for k in metrics]
+        cells += [f"{r.get('params', 0) / 1e6:.2f}", f"{r.get('size_bytes', 0) / 1e6:.1f}",
+                  f"{r.get('latency_b1_ms', 0):.1f}", f"{r.get('latency_b32_ms', 0):.1f}", f"{r.get('seconds', 0):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if comparison:
+        lines += ["", comparison_line(comparison)]
+    return "\n".join(lines)
+
+
+def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / "summary.json"
+    check(p.is_file(), f"{run_dir}: no summary.json (is it the output of `slimformer compress`?)")
+    return json.loads(p.read_text())
+
+
+def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Metric vs size and metric vs batch-32 latency, one point per step, labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = _metric_names(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "size_bytes", "size on disk (MB)"), (axes[1], "latency_b32_ms",
+                                                                         "latency batch 32 (ms)")):
+        xs = [r.get(key, 0) / (1e6 if key == "size_bytes" else 1) for r in rows]
+        ys = [r.get("metrics", {}).get(metrics[0], 0) if metrics else 0 for r in rows]
+        ax.plot(xs, ys, "o-", color="tab:blue")
+        for x, y, r in zip(xs, ys, rows):
+            ax.annotate(f"{r['index']}:{r['step']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(metrics[0] if metrics else "metric")
+        ax.grid(alpha=0.3)
+    fig.suptitle("accuracy vs size and latency after each recipe step")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """report.md and report.png in run_dir, from its summary.json."""
+    run_dir = Path(run_dir)
+    summary = load_summary(run_dir)
+    rows = summary["rows"]
+    png = plot(rows, run_dir / "report.png")
+    md = ["# slimformer report", "", ledger_table(rows, summary.get("comparison")), "", f"![plot]({png.name})", ""]
+    for r in rows[1:]:
+        if r.get("info"):
+            md += [f"- step {r['index']} ({r['step']}): `{json.dumps(r['info'], default=str)[:600]}`"]
+    atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")
+    return run_dir / "report.md"
+
+
+def profile_table(prof: dict[str, Any]) -> Table:
+    """The profile as a rich table, with the totals in the caption."""
+    tot = prof["total"]
+    t = Table(title=f"profile: batch {prof['batch']}, seq len {prof['seq_len']}, {prof['threads']} threads, "
+                    f"median of {prof['runs']} runs")
+    for c in ("component", "params", "% params", "GFLOPs", "% FLOPs", "ms", "% time"):
+        t.add_column(c, justify="left" if c == "component" else "right")
+    for r in prof["rows"]:
+        t.add_row(r["component"], f"{r['params']:,}", f"{100 * r['params_share']:.1f}", f"{r['flops'] / 1e9:.3f}",
+                  f"{100 * r['flops_share']:.1f}", f"{r['ms']:.2f}", f"{100 * r['time_share']:.1f}")
+    for kind, d in prof["by_kind"].items():
+        t.add_row(f"[dim]all {kind}[/dim]", "", f"{100 * d['params_share']:.1f}", "", f"{100 * d['flops_share']:.1f}",
+                  "", f"{100 * d['time_share']:.1f}")
+    t.caption = (f"total {tot['params']:,} params, {tot['flops'] / 1e9:.2f} GFLOPs, {tot['ms']:.1f} ms; "
+                 f"weights {tot['weights_bytes'] / 1e6:.1f} MB + peak activations "
+                 f"{tot['peak_activation_bytes'] / 1e6:.1f} MB; {tot['size_on_disk_bytes'] / 1e6:.1f} MB on disk")
+    return t
+
+
+def kv_table(d: dict[str, Any], title: str) -> Table:
+    t = Table(title=title, show_header=False)
+    for k, v in d.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    return t
