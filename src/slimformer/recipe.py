@@ -82,9 +82,9 @@ def read_recipe(path: str | Path) -> Recipe:
     try:
         recipe = Recipe(**raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise SlimformerError(f"{p}: {loc}: {err['msg'].replace('Extra inputs are not permitted', 'unknown field')}") from e
+        msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        text = "; ".join(msgs).replace("Extra inputs are not permitted", "unknown field")
+        raise SlimformerError(f"{p}: {text}") from e
     if recipe.data and not Path(recipe.data).is_absolute():
         candidate = (p.parent / recipe.data).resolve()
         if candidate.exists():

@@ -133,13 +133,13 @@ def run_training(trainer: Any, out_dir: str | Path, resume: bool) -> dict[str, A
 
 
 def finetune(model: torch.nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, work_dir: str | Path,
-             resume: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+             resume: bool = False, callbacks: list[Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Fine-tune model in place on the task; returns (model, training stats)."""
     check(task.kind == "classification", f"finetune supports classification tasks, not {task.kind}")
     num_labels = getattr(model.config, "num_labels", None)
     check(num_labels == len(task.labels),
           f"the model has {num_labels} labels but task {task.name} has {len(task.labels)}")
-    trainer = make_trainer(model, tokenizer, task, cfg, work_dir)
+    trainer = make_trainer(model, tokenizer, task, cfg, work_dir, callbacks=callbacks)
     stats = run_training(trainer, work_dir, resume)
     model.eval()
     return model, stats
