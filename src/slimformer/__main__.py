@@ -1,0 +1,4 @@
+"""`python -m slimformer ...` (and `torchrun --nproc_per_node N -m slimformer finetune ...`)."""
+from .cli import main
+
+main()
