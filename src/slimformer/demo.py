@@ -10,7 +10,7 @@ from .evaluate import evaluate_task
 from .fsutil import write_json
 from .profile import profile_model
 from .progress import console
-from .recipe import EvalSettings, compress, read_recipe
+from .recipe import compress, read_recipe
 from .report import comparison_line, print_ledger, profile_table, write_report
 from .train import TrainConfig, finetune
 
@@ -69,7 +69,7 @@ def run_demo(data_root: Path, out: Path, recipe_path: Path, quick: bool = False)
     ev = recipe.eval.model_copy(update={"max_examples": max_eval or recipe.eval.max_examples,
                                         "latency_budget_s": 1.0 if quick else recipe.eval.latency_budget_s})
     student_dir = out / ("student-quick" if quick else "student")
-    result = compress(model, tok, steps, student_dir, task, EvalSettings(**ev.model_dump()), recipe.seed,
+    result = compress(model, tok, steps, student_dir, task, ev, recipe.seed,
                       recipe_text=recipe_path.read_text())
 
     console.rule("[bold]5. before / after")
