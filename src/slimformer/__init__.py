@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from . import tasks
+from .distill import Distill, DistillGeneral, MakeStudent, distill, distill_general, make_student
 from .errors import SlimformerError
 from .models import load, save
 from .prune.layers import DropLayers
 from .train_steps import Finetune
 
 __version__ = "0.1.0"
-__all__ = ["tasks", "load", "save", "SlimformerError", "DropLayers", "Finetune", "__version__"]
+__all__ = ["tasks", "load", "save", "SlimformerError", "DropLayers", "Finetune", "__version__",
+           "Distill", "DistillGeneral", "MakeStudent", "distill", "distill_general", "make_student"]

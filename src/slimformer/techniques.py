@@ -1,3 +1,4 @@
 """Imports every technique module so its recipe steps and structural ops are registered."""
 from .prune import layers as _prune_layers  # noqa: F401
 from .train_steps import finetune_step as _finetune  # noqa: F401
+from . import distill as _distill  # noqa: F401

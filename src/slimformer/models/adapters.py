@@ -79,6 +79,24 @@ class Adapter:
         """Names of the task-head modules (classifier, pooler) that compression should leave alone."""
         return []
 
+    def token_type_embeddings(self, model: nn.Module) -> nn.Module | None:
+        """The segment (token-type) embedding table, or None when the architecture has none."""
+        return None
+
+    def set_token_type_embeddings(self, model: nn.Module, module: nn.Module) -> None:
+        raise SlimformerError(f"{type(model).__name__}: token-type embeddings cannot be replaced")
+
+    def position_embeddings(self, model: nn.Module) -> nn.Embedding | None:
+        """The learned absolute position embedding table, or None."""
+        return None
+
+    def pooler(self, model: nn.Module) -> nn.Module | None:
+        """The [CLS] pooler that feeds the classifier, or None when the model has none."""
+        return None
+
+    def set_pooler(self, model: nn.Module, module: nn.Module) -> None:
+        raise SlimformerError(f"{type(model).__name__}: the pooler cannot be replaced")
+
     # --- derived helpers -------------------------------------------------------------------------
     def num_heads(self, layer: nn.Module) -> int:
         parts = self.attention(layer)

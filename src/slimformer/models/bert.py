@@ -66,3 +66,18 @@ class BertAdapter(Adapter):
         if getattr(bb, "pooler", None) is not None and bb is not model:
             names.append(f"{[n for n, m in model.named_children() if m is bb][0]}.pooler")
         return names
+
+    def token_type_embeddings(self, model: nn.Module) -> nn.Module | None:
+        return getattr(self.embeddings(model), "token_type_embeddings", None)
+
+    def set_token_type_embeddings(self, model: nn.Module, module: nn.Module) -> None:
+        self.embeddings(model).token_type_embeddings = module
+
+    def position_embeddings(self, model: nn.Module) -> nn.Embedding | None:
+        return getattr(self.embeddings(model), "position_embeddings", None)
+
+    def pooler(self, model: nn.Module) -> nn.Module | None:
+        return getattr(self.backbone(model), "pooler", None)
+
+    def set_pooler(self, model: nn.Module, module: nn.Module) -> None:
+        self.backbone(model).pooler = module

@@ -1,0 +1,170 @@
+"""The `distill` recipe step and Python API: task-specific distillation of the current model from a teacher.
+
+    student = sf.make_student(teacher, every=2)
+    student, stats = sf.distill(student, teacher, tok, task, sf.Distill(kd=1, ce=0.5, hidden=1), "work/")
+
+The teacher is the model as it entered the recipe (default) or a model directory (`teacher: path`).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Union
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..errors import check
+from ..models import get_adapter
+from ..progress import console
+from ..steps import Context, StepConfig, implements
+from ..tasks.base import TaskData
+from .layer_map import build_layer_map, describe_layer_map
+from .trainer import (DistillTrainer, IndexedDataset, LossWeights, attach_projections, detach_projections,
+                      teacher_logits_cache)
+
+
+class LossTerms(StepConfig):
+    """Loss-term weights shared by the task-specific and the task-agnostic steps."""
+
+    kd: float = Field(1.0, ge=0, description="soft-target KL at temperature T (scaled by T^2)")
+    temperature: float = Field(2.0, gt=0)
+    ce: float = Field(0.5, ge=0, description="hard-label cross-entropy")
+    cos: float = Field(0.0, ge=0, description="1 - cosine of the last hidden states (DistilBERT)")
+    hidden: float = Field(0.0, ge=0, description="hidden-state MSE over the layer map (TinyBERT)")
+    attention: float = Field(0.0, ge=0, description="attention-distribution KL over the layer map")
+    pkd: float = Field(0.0, ge=0, description="normalised [CLS] MSE over the layer map (Patient KD)")
+    layer_map: Union[str, list[list[int]]] = Field("uniform", description="uniform | skip | last | [[s, t], ...]")
+    epochs: float = Field(3.0, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_steps: int = -1
+    save_steps: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "LossTerms":
+        check(any((self.kd, self.ce, self.cos, self.hidden, self.attention, self.pkd)),
+              f"{self.step}: every loss weight is 0; set at least one of kd, ce, cos, hidden, attention, pkd")
+        return self
+
+    def weights(self) -> LossWeights:
+        return LossWeights(kd=self.kd, ce=self.ce, cos=self.cos, hidden=self.hidden, attention=self.attention,
+                           pkd=self.pkd, temperature=self.temperature)
+
+
+class Distill(LossTerms):
+    """Distil the current model (the student) from a teacher on the task's training split."""
+
+    step: ClassVar[str] = "distill"
+    needs_data: ClassVar[bool] = True
+    teacher: str | None = Field(None, description="teacher model directory; default: the model before the recipe")
+    max_train_examples: int | None = Field(None, ge=1)
+    cache_teacher: bool = Field(False, description="compute teacher logits once and reuse them every epoch")
+
+    @model_validator(mode="after")
+    def _cache_ok(self) -> "Distill":
+        check(not self.cache_teacher or not (self.cos or self.hidden or self.attention or self.pkd),
+              "distill: cache_teacher caches logits only; it needs cos, hidden, attention and pkd at 0")
+        return self
+
+
+@contextlib.contextmanager
+def eager_attention(models: list[nn.Module], needed: bool) -> Iterator[None]:
+    """Switch models to the eager attention implementation (the only one returning attention maps)."""
+    old = [m.config._attn_implementation for m in models]
+    try:
+        if needed:
+            for m in models:
+                m.set_attn_implementation("eager")
+        yield
+    finally:
+        if needed:
+            for m, impl in zip(models, old):
+                m.set_attn_implementation(impl)
+
+
+def resolve_layer_map(student: nn.Module, teacher: nn.Module, cfg: LossTerms) -> list[tuple[int, int]]:
+    ns = len(get_adapter(student).layers(student))
+    nt = len(get_adapter(teacher).layers(teacher))
+    return build_layer_map(cfg.layer_map, ns, nt)
+
+
+def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, train_ds: Any, collate: Any,
+                     cfg: LossTerms, out_dir: str | Path, seed: int = 42, resume: bool = False,
+                     max_len: int = 128, cached_logits: torch.Tensor | None = None,
+                     callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train student against teacher on train_ds with the HF Trainer; returns stats (layer map, timings)."""
+    from ..train import TrainConfig, run_training, set_seed, training_args
+
+    out_dir = Path(out_dir)
+    pairs = resolve_layer_map(student, teacher, cfg)
+    w = cfg.weights()
+    uses_map = bool(w.hidden or w.attention or w.pkd)
+    text = describe_layer_map(pairs)
+    if uses_map:
+        console.print(f"[bold]distill layer map:[/] {text}")
+    ns = len(get_adapter(student).layers(student))
+    set_seed(seed)
+    n_proj = attach_projections(student, teacher, pairs, ns, seed) if w.needs_hidden else 0
+    tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_len=max_len, seed=seed,
+                       warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, save_steps=cfg.save_steps)
+    trainer = DistillTrainer(model=student, args=training_args(tcfg, out_dir), train_dataset=train_ds,
+                             data_collator=collate, teacher=teacher, weights=w, layer_map=pairs,
+                             cached_logits=cached_logits, callbacks=callbacks)
+    t0 = time.perf_counter()
+    try:
+        with eager_attention([student, teacher], bool(w.attention)):
+            stats = run_training(trainer, out_dir, resume)
+    finally:
+        detach_projections(student)
+    student.eval()
+    wall = time.perf_counter() - t0
+    stats.update({"layer_map": [list(p) for p in pairs] if uses_map else None,
+                  "layer_map_text": text if uses_map else None, "projections": n_proj, "wall_s": round(wall, 2),
+                  "wall_per_epoch_s": round(wall / cfg.epochs, 2) if cfg.max_steps < 0 else None,
+                  "weights": {k: v for k, v in vars(w).items() if v}})
+    return stats
+
+
+def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: TaskData, cfg: Distill,
+            work_dir: str | Path, seed: int = 42, max_len: int = 128,
+            resume: bool = False, callbacks: list[Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Task-specific distillation of student (trained in place) from teacher; returns (student, stats)."""
+    from ..data import collator
+    from ..train import TrainConfig, train_dataset
+
+    check(task.kind == "classification", f"distill supports classification tasks, not {task.kind}")
+    n_labels = getattr(student.config, "num_labels", None)
+    check(n_labels == len(task.labels), f"distill: the student has {n_labels} labels but task {task.name} "
+          f"has {len(task.labels)}")
+    check(not cfg.kd or getattr(teacher.config, "num_labels", None) == n_labels,
+          f"distill: kd needs a teacher with {n_labels} labels (the teacher has "
+          f"{getattr(teacher.config, 'num_labels', None)}); fine-tune the teacher on the task first")
+    work_dir = Path(work_dir)
+    base = train_dataset(tokenizer, task, TrainConfig(max_len=max_len, seed=seed,
+                                                      max_train_examples=cfg.max_train_examples))
+    collate = collator(tokenizer)
+    cached, cache_s = None, None
+    if cfg.cache_teacher:
+        t0 = time.perf_counter()
+        cached = teacher_logits_cache(teacher, base, collate, work_dir / "teacher_logits.safetensors")
+        cache_s = round(time.perf_counter() - t0, 2)
+    stats = run_distillation(student, teacher, tokenizer, IndexedDataset(base), collate, cfg, work_dir, seed,
+                             resume, max_len, cached, callbacks)
+    stats["teacher_cache_s"] = cache_s
+    return student, stats
+
+
+@implements(Distill)
+def distill_step(model: nn.Module, cfg: Distill, ctx: Context) -> nn.Module:
+    from ..models import load
+
+    task = ctx.require_task(cfg.step)
+    teacher = load(cfg.teacher)[0] if cfg.teacher else ctx.original()
+    model, stats = distill(model, teacher, ctx.tokenizer, task, cfg, ctx.work_dir / "distill", ctx.seed,
+                           ctx.max_len, ctx.resume)
+    ctx.note("distill", stats)
+    return model
