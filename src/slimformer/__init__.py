@@ -6,8 +6,10 @@ from .distill import Distill, DistillGeneral, MakeStudent, distill, distill_gene
 from .errors import SlimformerError
 from .models import load, save
 from .prune.layers import DropLayers
+from .quantize import QuantizeDynamic, QuantizeMixed, QuantizeQAT, QuantizeStatic, QuantizeWeights
 from .train_steps import Finetune
 
 __version__ = "0.1.0"
 __all__ = ["tasks", "load", "save", "SlimformerError", "DropLayers", "Finetune", "__version__",
-           "Distill", "DistillGeneral", "MakeStudent", "distill", "distill_general", "make_student"]
+           "Distill", "DistillGeneral", "MakeStudent", "distill", "distill_general", "make_student",
+           "QuantizeDynamic", "QuantizeStatic", "QuantizeQAT", "QuantizeWeights", "QuantizeMixed"]

@@ -2,3 +2,4 @@
 from .prune import layers as _prune_layers  # noqa: F401
 from .train_steps import finetune_step as _finetune  # noqa: F401
 from . import distill as _distill  # noqa: F401
+from . import quantize as _quantize  # noqa: F401

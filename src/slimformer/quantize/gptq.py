@@ -1,0 +1,83 @@
+"""GPTQ (Frantar et al. 2022): quantize a weight matrix column by column, spreading each column's rounding
+error over the not-yet-quantized columns with the inverse Hessian of the layer's inputs (H = 2 X^T X)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .modules import group_params
+
+Batches = list[dict[str, torch.Tensor]]
+
+
+@torch.no_grad()
+def input_hessians(model: nn.Module, names: list[str], batches: Batches) -> dict[str, torch.Tensor]:
+    """H = 2/n X^T X of the inputs of each named Linear over the non-padding tokens of the batches."""
+    mods = dict(model.named_modules())
+    hs = {n: torch.zeros(mods[n].in_features, mods[n].in_features, dtype=torch.float64) for n in names}
+    counts = {n: 0 for n in names}
+    state: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Callable:
+        def fn(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            x = args[0]
+            mask = state.get("mask")
+            x = x[mask.bool()] if mask is not None and mask.shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
+            x = x.double()
+            hs[name] += 2 * x.T @ x
+            counts[name] += x.shape[0]
+        return fn
+
+    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        model.eval()
+        for b in batches:
+            state["mask"] = b.get("attention_mask")
+            model(**b)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (hs[n] / max(counts[n], 1)).float() for n in names}
+
+
+@torch.no_grad()
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, damp: float = 0.01,
+                  block: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ codes for w [out, in] given input Hessian h [in, in]: (uint8 codes, scale, zero) per group."""
+    w = w.detach().float().clone()
+    rows, cols = w.shape
+    h = h.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    gs = group_size if group_size and group_size < cols else cols
+    block = gs if gs < cols else min(block, cols)  # a block is one group, so its grid sees updated weights
+    n_groups = cols // gs
+    scale = torch.zeros(rows, n_groups)
+    zero = torch.zeros(rows, n_groups)
+    q = torch.zeros(rows, cols, dtype=torch.uint8)
+    levels = 2 ** bits - 1
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            c = i1 + i
+            g = c // gs
+            if c % gs == 0:  # group grid from the current (error-updated) weights of this group
+                s, z = group_params(w1 if gs < cols else w, bits, None)
+                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+            col = w1[:, i]
+            codes = torch.clamp(torch.round(col / scale[:, g]) + zero[:, g], 0, levels)
+            q[:, c] = codes.to(torch.uint8)
+            deq = (codes - zero[:, g]) * scale[:, g]
+            e = (col - deq) / hinv1[i, i]
+            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return q, scale, zero

@@ -1,0 +1,81 @@
+"""Replayable structural ops that swap nn.Linear / nn.Embedding for their quantized versions, and selection.
+
+The op quantizes whatever float weights the module holds (round to nearest). On reload, `models.load`
+replays it on a freshly initialised model (giving buffers of the right shape and dtype) and then loads the
+saved integer tensors strictly, so GPTQ codes or calibrated activation ranges come back exactly.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from torch import nn
+
+from ..errors import SlimformerError
+from ..models import apply_op, get_adapter, register_op
+from .modules import Act, QEmbedding, QLinear
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+@register_op("quantize_linear")
+def _quantize_linear(model: nn.Module, modules: list[str], bits: int = 8, group_size: int | None = None,
+                     act: Act = "dynamic") -> None:
+    for name in modules:
+        parent, child = _parent(model, name)
+        lin = getattr(parent, child)
+        if not isinstance(lin, nn.Linear):
+            raise SlimformerError(f"quantize_linear: {name} is {type(lin).__name__}, not a Linear")
+        setattr(parent, child, QLinear.from_linear(lin, bits, group_size, act))
+
+
+@register_op("quantize_embedding")
+def _quantize_embedding(model: nn.Module, modules: list[str], bits: int = 8, group_size: int | None = None) -> None:
+    for name in modules:
+        parent, child = _parent(model, name)
+        emb = getattr(parent, child)
+        if not isinstance(emb, nn.Embedding):
+            raise SlimformerError(f"quantize_embedding: {name} is {type(emb).__name__}, not an Embedding")
+        setattr(parent, child, QEmbedding.from_embedding(emb, bits, group_size))
+
+
+def quantize_linears(model: nn.Module, names: Sequence[str], bits: int = 8, group_size: int | None = None,
+                     act: Act = "dynamic") -> None:
+    """Swap the named Linear modules for QLinear (recorded for reload)."""
+    if names:
+        apply_op(model, "quantize_linear", modules=list(names), bits=bits, group_size=group_size, act=act)
+
+
+def quantize_embeddings(model: nn.Module, bits: int = 8, group_size: int | None = None) -> list[str]:
+    """Quantize the word-embedding table (the largest tensor of a small encoder)."""
+    adapter = get_adapter(model)
+    emb = adapter.word_embeddings(model)
+    if not isinstance(emb, nn.Embedding):
+        return []
+    name = next(n for n, m in model.named_modules() if m is emb)
+    d = emb.embedding_dim
+    group_size = group_size if group_size and group_size < d and d % group_size == 0 else None
+    apply_op(model, "quantize_embedding", modules=[name], bits=bits, group_size=group_size)
+    return [name]
+
+
+def select_linears(model: nn.Module, include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                   skip_head: bool = True) -> list[str]:
+    """Names of nn.Linear modules matching any `include` regex (all when None), none of `exclude`, and
+    (when skip_head) outside the task head named by the adapter."""
+    heads = get_adapter(model).head_modules(model) if skip_head else []
+    out = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        if any(name == h or name.startswith(h + ".") for h in heads):
+            continue
+        if include is not None and not any(re.search(p, name) for p in include):
+            continue
+        if any(re.search(p, name) for p in exclude):
+            continue
+        out.append(name)
+    return out
