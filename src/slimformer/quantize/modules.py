@@ -45,7 +45,8 @@ def group_params(w: torch.Tensor, bits: int, group_size: int | None) -> tuple[to
     lo = wg.amin(-1).clamp(max=0)
     hi = wg.amax(-1).clamp(min=0)
     levels = 2 ** bits - 1
-    scale = ((hi - lo) / levels).clamp(min=1e-6).half().float()  # stored as fp16: compute with that value
+    # stored as fp16: round up (fp16 rounding error < 2**-11) so that the grid still covers [lo, hi]
+    scale = ((hi - lo) / levels * (1 + 2 ** -10)).clamp(min=1e-6).half().float()
     zero = torch.clamp(torch.round(-lo / scale), 0, levels)
     return scale, zero
 

@@ -39,7 +39,7 @@ def fake_act(x: torch.Tensor) -> torch.Tensor:
 def fake_rows(w: torch.Tensor) -> torch.Tensor:
     """Asymmetric per-row 8-bit fake quantization (the grid of QEmbedding)."""
     lo, hi = w.detach().amin(1, keepdim=True).clamp(max=0), w.detach().amax(1, keepdim=True).clamp(min=0)
-    scale = ((hi - lo) / 255).clamp(min=1e-6).half().float()
+    scale = ((hi - lo) / 255 * (1 + 2 ** -10)).clamp(min=1e-6).half().float()
     zero = torch.clamp(torch.round(-lo / scale), 0, 255)
     return _ste(w, (torch.clamp(torch.round(w / scale) + zero, 0, 255) - zero) * scale)
 
