@@ -14,7 +14,7 @@ from .recipe import compress, read_recipe
 from .report import comparison_line, print_ledger, profile_table, write_report
 from .train import TrainConfig, finetune
 
-QUICK_TRAIN = 400  # --quick: examples per training run
+QUICK_TRAIN = 1200  # --quick: examples per training run (enough for the teacher to learn something)
 QUICK_EVAL = 200
 
 
@@ -38,7 +38,7 @@ def run_demo(data_root: Path, out: Path, recipe_path: Path, quick: bool = False)
     task = tasks.load("sst2", sst2)
     recipe = read_recipe(recipe_path)
     teacher_dir = out / ("teacher-quick" if quick else "teacher")
-    cfg = TrainConfig(epochs=1 if quick else 3, lr=5e-5, batch_size=32, max_len=128, seed=42,
+    cfg = TrainConfig(epochs=1 if quick else 3, lr=1e-4 if quick else 5e-5, batch_size=32, max_len=128, seed=42,
                       max_train_examples=QUICK_TRAIN if quick else None)
 
     console.rule("[bold]1. fine-tune all-MiniLM-L6-v2 on SST-2 (the teacher)")

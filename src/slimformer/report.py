@@ -23,7 +23,7 @@ def rich_table(rows: list[dict[str, Any]], title: str = "slimformer run") -> Tab
     for c in ["#", "step", *metrics, "Δ " + metrics[0] if metrics else None, "params (M)", "size (MB)",
               "b1 ms", "b32 ms"]:
         if c:
-            t.add_column(c, justify="right" if c not in ("step",) else "left")
+            t.add_column(c, justify="right" if c not in ("step",) else "left", no_wrap=c == "step")
     for r in rows:
         m = r.get("metrics", {})
         cells = [str(r.get("index", "")), r.get("step", "")]
@@ -119,7 +119,7 @@ def profile_table(prof: dict[str, Any]) -> Table:
     t = Table(title=f"profile: batch {prof['batch']}, seq len {prof['seq_len']}, {prof['threads']} threads, "
                     f"median of {prof['runs']} runs")
     for c in ("component", "params", "% params", "GFLOPs", "% FLOPs", "ms", "% time"):
-        t.add_column(c, justify="left" if c == "component" else "right")
+        t.add_column(c, justify="left" if c == "component" else "right", no_wrap=c == "component")
     for r in prof["rows"]:
         t.add_row(r["component"], f"{r['params']:,}", f"{100 * r['params_share']:.1f}", f"{r['flops'] / 1e9:.3f}",
                   f"{100 * r['flops_share']:.1f}", f"{r['ms']:.2f}", f"{100 * r['time_share']:.1f}")
