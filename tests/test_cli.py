@@ -58,8 +58,10 @@ def test_profile_evaluate_compress_report_export(tiny_dir):
     res = run("compress", tiny, "--recipe", str(recipe), "--out", str(tiny_dir / "out"), "--task", "sst2",
               "--data", data)
     assert res.returncode == 0, res.stderr
-    assert run("report", str(tiny_dir / "out")).returncode == 0
+    res = run("report", str(tiny_dir / "out"), str(tiny_dir / "out"), "--out", str(tiny_dir / "cmp"))
+    assert res.returncode == 0, res.stderr
     assert (tiny_dir / "out" / "report.png").stat().st_size > 0
+    assert "| input |" in (tiny_dir / "cmp" / "comparison.md").read_text()
     res = run("export", str(tiny_dir / "out"), "--onnx", str(tiny_dir / "m.onnx"))
     assert res.returncode == 0, res.stderr
     assert (tiny_dir / "m.onnx").exists()

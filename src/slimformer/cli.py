@@ -149,14 +149,19 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP),
 
 
 @app.command()
-def report(run: Path = typer.Argument(..., help="output directory of `slimformer compress`")) -> None:
-    """Write report.md and report.png (metric vs size and latency per step) into RUN."""
+def report(runs: list[Path] = typer.Argument(..., help="output directories of `slimformer compress`"),
+           out: Optional[Path] = typer.Option(None, help="with several runs: where comparison.md/png go")) -> None:
+    """Write report.md + report.png (metric vs size and latency per step) into each RUN; with several runs,
+    also a comparison of their final models (comparison.md + comparison.png in --out, default the first RUN)."""
     from .progress import console
-    from .report import load_summary, print_ledger, write_report
+    from .report import compare_runs, load_summary, print_ledger, write_report
 
-    summary = load_summary(run)
-    print_ledger(summary["rows"], summary.get("comparison"))
-    console.print(f"[green]wrote {write_report(run)}[/green]")
+    for run in runs:
+        summary = load_summary(run)
+        print_ledger(summary["rows"], summary.get("comparison"))
+        console.print(f"[green]wrote {write_report(run)}[/green]")
+    if len(runs) > 1:
+        console.print(f"[green]wrote {compare_runs(runs, out or runs[0])}[/green]")
 
 
 @app.command()

@@ -72,7 +72,8 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
+def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "after each recipe step",
+         connect: bool = True) -> Path:
     """Metric vs size and metric vs batch-32 latency, one point per step, labelled."""
     import matplotlib
 
@@ -85,13 +86,14 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
                                                                          "latency batch 32 (ms)")):
         xs = [r.get(key, 0) / (1e6 if key == "size_bytes" else 1) for r in rows]
         ys = [r.get("metrics", {}).get(metrics[0], 0) if metrics else 0 for r in rows]
-        ax.plot(xs, ys, "o-", color="tab:blue")
-        for x, y, r in zip(xs, ys, rows):
-            ax.annotate(f"{r['index']}:{r['step']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.plot(xs, ys, "o-" if connect else "o", color="tab:blue")
+        for j, (x, y, r) in enumerate(zip(xs, ys, rows)):
+            ax.annotate(f"{r.get('label', str(r['index']) + ':' + r['step'])}", (x, y), textcoords="offset points",
+                        xytext=(4, 4 + 9 * (j % 3)), fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel(metrics[0] if metrics else "metric")
         ax.grid(alpha=0.3)
-    fig.suptitle("accuracy vs size and latency after each recipe step")
+    fig.suptitle(f"{metrics[0] if metrics else 'metric'} vs size and latency {title}")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -137,3 +139,21 @@ def kv_table(d: dict[str, Any], title: str) -> Table:
     for k, v in d.items():
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     return t
+
+
+def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
+    """One chart and table over several `compress` outputs: the final model of each run, and their input."""
+    rows: list[dict[str, Any]] = []
+    for i, run in enumerate(runs):
+        summary = load_summary(run)
+        if i == 0:
+            rows.append({**summary["rows"][0], "label": "input", "step": "input"})
+        rows.append({**summary["rows"][-1], "index": i + 1, "step": Path(run).name, "label": Path(run).name})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot(rows, out / "comparison.png", title="per run (final models)", connect=False)
+    md = ["# slimformer comparison", "", "Each run's final model; latency as measured after its last step "
+          "(for exact ratios compare within one run: see each run's report).", "", ledger_table(rows), "",
+          f"![comparison]({png.name})", ""]
+    atomic_write_text(out / "comparison.md", "\n".join(md))
+    return out / "comparison.md"
