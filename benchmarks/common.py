@@ -21,7 +21,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 TEACHER_RECIPES = {  # the command line that reproduces each teacher is in docs/BENCHMARKS.md
     "sst2": dict(epochs=3, lr=5e-5, batch_size=32, max_len=128, seed=42),
     "cola": dict(epochs=3, lr=5e-5, batch_size=32, max_len=128, seed=42),
-    "mrpc": dict(epochs=5, lr=5e-5, batch_size=32, max_len=128, seed=42),
+    "mrpc": dict(epochs=3, lr=5e-5, batch_size=32, max_len=128, seed=42),
 }
 
 
