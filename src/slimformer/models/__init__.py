@@ -1,5 +1,5 @@
 """Models: load/save, architecture adapters and replayable structural ops."""
-from . import bert  # noqa: F401  (registers the BERT-family adapter)
+from . import bert, distilbert  # noqa: F401  (register the adapters)
 from .adapters import Adapter, AttentionParts, FFNParts, get_adapter, register_adapter, supported_model_types
 from .io import clone, load, num_params, resolve, save
 from .surgery import apply_op, recorded_ops, register_op, replay_ops
