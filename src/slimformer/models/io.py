@@ -67,8 +67,10 @@ def load(
     config = _read_config(path, trust_remote_code)
     arch = (getattr(config, "architectures", None) or [""])[0]
     has_head = bool(arch) and not arch.endswith("Model")
-    if head is None or has_head and hasattr(transformers, arch):
-        cls = getattr(transformers, arch) if has_head else transformers.AutoModel
+    if has_head and hasattr(transformers, arch):
+        cls = getattr(transformers, arch)  # a checkpoint with a task head keeps its class
+    elif head is None:
+        cls = transformers.AutoModel
     else:
         cls = getattr(transformers, HEADS[head])
     kwargs: dict[str, Any] = {}
