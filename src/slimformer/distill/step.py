@@ -108,7 +108,7 @@ def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, tra
         console.print(f"[bold]distill layer map:[/] {text}")
     ns = len(get_adapter(student).layers(student))
     set_seed(seed)
-    n_proj = attach_projections(student, teacher, pairs, ns, seed) if w.needs_hidden else 0
+    n_proj = attach_projections(student, teacher, pairs, ns, seed, w) if w.needs_hidden else 0
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_len=max_len, seed=seed,
                        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, save_steps=cfg.save_steps)
     trainer = DistillTrainer(model=student, args=training_args(tcfg, out_dir), train_dataset=train_ds,

@@ -50,22 +50,43 @@ def _key(layer: int) -> str:
     return "emb" if layer == -1 else str(layer)
 
 
-def attach_projections(student: nn.Module, teacher: nn.Module, pairs: Pairs, n_student: int, seed: int) -> int:
-    """Add a Linear per mapped student layer (and the last) when widths differ; returns how many were added."""
+def attach_projections(student: nn.Module, teacher: nn.Module, pairs: Pairs, n_student: int, seed: int,
+                       weights: LossWeights) -> int:
+    """Add a Linear per student layer used by a hidden-state term when widths differ; returns how many."""
     ds, dt = student.config.hidden_size, teacher.config.hidden_size
     if ds == dt:
         return 0
     rng = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    layers = sorted({s for s, _ in pairs} | {n_student - 1})
+    used = {s for s, _ in pairs} if weights.hidden else set()
+    used |= {s for s, _ in pairs if s >= 0} if weights.pkd else set()
+    used |= {n_student - 1} if weights.cos else set()
+    if not used:
+        return 0
+    layers = sorted(used)
     proj = nn.ModuleDict({_key(s): nn.Linear(ds, dt) for s in layers})
     torch.random.set_rng_state(rng)
     student.add_module(PROJ, proj)
+    # project inside the student's forward (a hook), so DDP sees the projections as part of the model's graph
+    proj.sf_hook = student.register_forward_hook(_project_hook)
     return len(proj)
 
 
+def _project_hook(module: nn.Module, args: Any, output: Any) -> Any:
+    hidden = getattr(output, "hidden_states", None)
+    proj = getattr(module, PROJ, None)
+    if hidden is None or proj is None:
+        return output
+    out = dict(output)  # a plain dict: DDP rebuilds outputs by type and ModelOutput rejects new fields
+    for key, lin in proj.items():
+        out[f"{PROJ}_{key}"] = lin(hidden[0 if key == "emb" else int(key) + 1])
+    return out
+
+
 def detach_projections(student: nn.Module) -> None:
-    if hasattr(student, PROJ):
+    proj = getattr(student, PROJ, None)
+    if proj is not None:
+        proj.sf_hook.remove()
         delattr(student, PROJ)
 
 
@@ -166,7 +187,7 @@ class DistillTrainer(Trainer):
         """The unweighted value of every term whose weight is non-zero."""
         w = self.weights
         terms: dict[str, torch.Tensor] = {}
-        s_logits = getattr(s_out, "logits", None)
+        s_logits = s_out.get("logits")
         token_mask = labels.ne(-100) if labels is not None and labels.dim() == 2 else None  # MLM: masked tokens
         if w.kd:
             if s_logits is None or t_out["logits"] is None or s_logits.shape[-1] != t_out["logits"].shape[-1]:
@@ -184,28 +205,27 @@ class DistillTrainer(Trainer):
     def _state_terms(self, model: nn.Module, s_out: Any, t_out: dict[str, Any],
                      mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         w = self.weights
-        unwrapped = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
-        proj = getattr(unwrapped, PROJ, None)
-
-        def project(h: torch.Tensor, s: int) -> torch.Tensor:
-            return proj[_key(s)](h) if proj is not None else h
+        def project(s: int) -> torch.Tensor:
+            """Student layer s's hidden states at the teacher's width (projected in the forward hook)."""
+            key = f"{PROJ}_{_key(s)}"
+            return s_out[key] if key in s_out else s_out["hidden_states"][s + 1]
 
         terms: dict[str, torch.Tensor] = {}
-        zero = s_out.logits.sum() * 0.0 if getattr(s_out, "logits", None) is not None else torch.zeros(())
+        zero = s_out["logits"].sum() * 0.0 if s_out.get("logits") is not None else torch.zeros(())
         if w.needs_hidden:
-            s_h, t_h = s_out.hidden_states, t_out["hidden_states"]
+            s_h, t_h = s_out["hidden_states"], t_out["hidden_states"]
             last_s = len(s_h) - 2
             if w.cos:
-                terms["cos"] = L.cosine_loss(project(s_h[-1], last_s), t_h[-1], mask)
+                terms["cos"] = L.cosine_loss(project(last_s), t_h[-1], mask)
             if w.hidden:
-                terms["hidden"] = sum((L.hidden_mse(project(s_h[s + 1], s), t_h[t + 1], mask)
+                terms["hidden"] = sum((L.hidden_mse(project(s), t_h[t + 1], mask)
                                        for s, t in self.layer_map), zero) / len(self.layer_map)
             if w.pkd:
                 pairs = [(s, t) for s, t in self.layer_map if s >= 0]
-                terms["pkd"] = sum((L.pkd_loss(project(s_h[s + 1][:, 0], s), t_h[t + 1][:, 0])
+                terms["pkd"] = sum((L.pkd_loss(project(s)[:, 0], t_h[t + 1][:, 0])
                                     for s, t in pairs), zero) / max(1, len(pairs))
         if w.attention:
-            s_a, t_a = s_out.attentions, t_out["attentions"]
+            s_a, t_a = s_out.get("attentions"), t_out["attentions"]
             if not s_a or not t_a:
                 raise SlimformerError("distill: attention maps unavailable (the eager attention implementation "
                                       "is needed)")
