@@ -114,3 +114,38 @@ def test_indexed_dataset_passes_through_collator(tokenizer):
 
 def test_run_distillation_importable():
     assert callable(run_distillation)
+
+
+def test_torchrun_two_processes(tmp_path):
+    """The same distillation (all terms, projections) runs under torchrun --nproc_per_node 2 on CPU (gloo)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists() and not shutil.which("torchrun"):
+        pytest.skip("torchrun not installed")
+    tests = Path(__file__).parent
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, r'{tests}')\n"
+        "from conftest import make_tiny_bert\n"
+        "from test_distill_train import _task\n"
+        "from transformers import AutoTokenizer\n"
+        "from slimformer.models import resolve\n"
+        "from slimformer.distill import Distill, distill\n"
+        "tok = AutoTokenizer.from_pretrained(resolve('minilm'))\n"
+        "teacher = make_tiny_bert(layers=4, seed=1)\n"
+        "student = make_tiny_bert(layers=2, hidden=16, heads=2, ffn=32, seed=2)\n"
+        "cfg = Distill(kd=1, ce=0.5, hidden=1, attention=1, pkd=1, cos=1, max_steps=2, batch_size=4)\n"
+        f"student, stats = distill(student, teacher, tok, _task(), cfg, r'{tmp_path / 'work'}', seed=3, max_len=16)\n"
+        "print('DONE', os.environ['RANK'], stats['projections'])\n"
+    )
+    env = {**os.environ, "SLIMFORMER_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun) if torchrun.exists() else "torchrun", "--nproc_per_node", "2", str(script)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "DONE 0 2" in res.stdout and "DONE 1 2" in res.stdout
