@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--ablation-epochs", type=float, default=1.0)
+    ap.add_argument("--ablation-examples", type=int, default=3000, help="train examples per ablation run")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--seed", type=int, default=42)
@@ -83,7 +84,8 @@ def main() -> None:
     if args.ablation:
         for name, w in ABLATION.items():
             ablation.append(run(f"ablation {name}", copy.deepcopy(init), teach, tok, t,
-                                Distill(epochs=args.ablation_epochs, **w, **common), args))
+                                Distill(epochs=args.ablation_epochs, max_train_examples=args.ablation_examples, **w,
+                                        **common), args))
     general = None
     if args.general:
         from slimformer.distill import DistillGeneral, distill_general
@@ -97,7 +99,8 @@ def main() -> None:
         g_student, gstats = distill_general(g_student, teach, tok, gcfg, work, seed=args.seed)
         g_wall = time.perf_counter() - t0
         general = run("general (WikiText-2) then kd + ce", g_student, teach, tok, t,
-                      Distill(epochs=args.ablation_epochs, kd=1.0, ce=0.5, **common), args)
+                      Distill(epochs=args.ablation_epochs, kd=1.0, ce=0.5, max_train_examples=args.ablation_examples,
+                              **common), args)
         general.update({"general_wall_s": round(g_wall, 1), "general_blocks": gstats["blocks"],
                         "general_layer_map": gstats["layer_map_text"]})
 
@@ -127,7 +130,8 @@ def main() -> None:
     print_table([{k: r.get(k) for k in keep} for r in rows], f"distillation on {args.task} (dev)")
     if ablation or general:
         print_table([{k: r.get(k) for k in keep[:-2]} for r in ablation + ([general] if general else [])],
-                    f"loss-term ablation on {args.task}, {args.ablation_epochs} epoch(s) each")
+                    f"loss-term ablation on {args.task}: {args.ablation_epochs} epoch(s) over "
+                    f"{args.ablation_examples} examples each")
     print(f"latency seq 128, 2 threads: b1 speedup {lat['b1']['speedup']}x, b32 speedup {lat['b32']['speedup']}x")
     print(f"wrote {path}")
 

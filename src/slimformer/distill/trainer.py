@@ -205,6 +205,7 @@ class DistillTrainer(Trainer):
     def _state_terms(self, model: nn.Module, s_out: Any, t_out: dict[str, Any],
                      mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         w = self.weights
+
         def project(s: int) -> torch.Tensor:
             """Student layer s's hidden states at the teacher's width (projected in the forward hook)."""
             key = f"{PROJ}_{_key(s)}"
