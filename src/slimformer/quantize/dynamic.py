@@ -25,7 +25,7 @@ class QuantizeDynamic(QuantStep):
 
     step: ClassVar[str] = "quantize_dynamic"
     backend: Backend = Field("torch", description="torch (fbgemm) or onnxruntime")
-    embeddings: bool = Field(True, description="store the word embeddings as int8 (torch backend)")
+    embeddings: bool = Field(True, description="store the word embeddings as int8")
 
 
 def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, tokenizer: object = None) -> nn.Module:
@@ -33,7 +33,7 @@ def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, token
     cfg = cfg or QuantizeDynamic()
     names = cfg.targets(model)
     if cfg.backend == "onnxruntime":
-        return quantize_onnx(model, tokenizer, names, mode="dynamic")
+        return quantize_onnx(model, tokenizer, names, mode="dynamic", embeddings=cfg.embeddings)
     quantize_linears(model, names, bits=8, act="dynamic")
     if cfg.embeddings:
         quantize_embeddings(model, bits=8)

@@ -145,8 +145,9 @@ class _Reader:
 
 def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode: str = "dynamic",
                   calib_batches: list[dict[str, torch.Tensor]] | None = None, method: str = "minmax",
-                  percentile: float = 99.99, per_channel: bool = True) -> nn.Module:
-    """Export model to ONNX and quantize the MatMuls of `modules` with ORT; returns the wrapped module."""
+                  percentile: float = 99.99, per_channel: bool = True, embeddings: bool = True) -> nn.Module:
+    """Export model to ONNX and quantize the MatMuls of `modules` (and, with `embeddings`, the embedding
+    Gathers: 8-bit weights) with ORT; returns the wrapped module."""
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
@@ -158,9 +159,10 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
         qp = Path(d) / "int8.onnx"
         res = to_onnx(model, tokenizer, fp, seq_len=16)
         exclude = excluded_nodes(onnx.load(str(fp)), model, modules)
+        ops = ["MatMul", "Gemm"] + (["Gather"] if embeddings else [])
         if mode == "dynamic":
             quantize_dynamic(str(fp), str(qp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
+                             op_types_to_quantize=ops, nodes_to_exclude=exclude,
                              extra_options={"MatMulConstBOnly": True})
         else:
             if not calib_batches:
@@ -169,12 +171,12 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
                 raise SlimformerError(f"unknown calibration method '{method}' (use {', '.join(ORT_METHODS)})")
             quantize_static(str(fp), str(qp), _Reader(calib_batches, res["inputs"]), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
+                            op_types_to_quantize=ops, nodes_to_exclude=exclude,
                             calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
                             extra_options={"MatMulConstBOnly": True, "CalibPercentile": percentile,
                                            "CalibMovingAverage": False})
         info = {"mode": mode, "method": method if mode == "static" else None, "per_channel": per_channel,
-                "quantized_modules": len(modules)}
+                "quantized_modules": len(modules), "embeddings": embeddings}
         return wrap_onnx(model, qp, res["inputs"], info)
 
 

@@ -31,7 +31,7 @@ class QuantizeStatic(QuantStep):
     percentile: float = Field(99.99, gt=50, le=100)
     calib_examples: int = Field(256, ge=1, description="train examples used for calibration")
     backend: Literal["torch", "onnxruntime"] = "torch"
-    embeddings: bool = Field(True, description="store the word embeddings as int8 (torch backend)")
+    embeddings: bool = Field(True, description="store the word embeddings as int8")
 
 
 def calibrated_ranges(model: nn.Module, names: list[str], batches: list[dict[str, torch.Tensor]],
@@ -53,7 +53,7 @@ def quantize_static(model: nn.Module, batches: list[dict[str, torch.Tensor]], cf
     names = cfg.targets(model)
     if cfg.backend == "onnxruntime":
         return quantize_onnx(model, tokenizer, names, mode="static", calib_batches=batches, method=cfg.method,
-                             percentile=cfg.percentile)
+                             percentile=cfg.percentile, embeddings=cfg.embeddings)
     ranges = calibrated_ranges(model, names, batches, cfg.method, cfg.percentile)
     quantize_linears(model, names, bits=8, act="static")
     mods = dict(model.named_modules())
