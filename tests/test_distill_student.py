@@ -28,6 +28,11 @@ def test_every_second_layer_copies_teacher_layers(tiny_bert):
         for k, v in _layer_state(student, s).items():
             assert torch.equal(v, _layer_state(teacher, t)[k]), (s, t, k)
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    t_emb = get_adapter(teacher).embeddings(teacher).state_dict()
+    for k, v in get_adapter(student).embeddings(student).state_dict().items():
+        assert torch.equal(v, t_emb[k]), k
+    for k, v in student.bert.pooler.state_dict().items():
+        assert torch.equal(v, teacher.bert.pooler.state_dict()[k]), k
 
 
 def test_explicit_layers_and_errors(tiny_bert):

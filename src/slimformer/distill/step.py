@@ -111,7 +111,9 @@ def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, tra
     n_proj = attach_projections(student, teacher, pairs, ns, seed, w) if w.needs_hidden else 0
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_len=max_len, seed=seed,
                        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, save_steps=cfg.save_steps)
-    trainer = DistillTrainer(model=student, args=training_args(tcfg, out_dir), train_dataset=train_ds,
+    args = training_args(tcfg, out_dir)
+    args.remove_unused_columns = False  # else the Trainer's collator wrapper drops sf_index (the cache key)
+    trainer = DistillTrainer(model=student, args=args, train_dataset=train_ds,
                              data_collator=collate, teacher=teacher, weights=w, layer_map=pairs,
                              cached_logits=cached_logits, callbacks=callbacks)
     t0 = time.perf_counter()

@@ -159,7 +159,9 @@ class DistillTrainer(Trainer):
         w = self.weights
         if not w.kd and not w.needs_teacher_states:
             return {"logits": None}  # hard labels only: plain fine-tuning on the same engine, no teacher cost
-        if self.cached_logits is not None and index is not None and not w.needs_teacher_states:
+        if self.cached_logits is not None and not w.needs_teacher_states:
+            if index is None:
+                raise SlimformerError(f"distill: the teacher cache needs the '{INDEX}' column in every batch")
             return {"logits": self.cached_logits[index.cpu()].to(inputs["input_ids"].device)}
         self.teacher.to(inputs["input_ids"].device)
         with torch.no_grad():
