@@ -13,3 +13,13 @@ __version__ = "0.1.0"
 __all__ = ["tasks", "load", "save", "SlimformerError", "DropLayers", "Finetune", "__version__",
            "Distill", "DistillGeneral", "MakeStudent", "distill", "distill_general", "make_student",
            "QuantizeDynamic", "QuantizeStatic", "QuantizeQAT", "QuantizeWeights", "QuantizeMixed"]
+
+from .prune.ffn import PruneFFN, prune_ffn  # noqa: E402
+from .prune.heads import PruneHeads, prune_heads  # noqa: E402
+
+__all__ += ["PruneHeads", "PruneFFN", "prune_heads", "prune_ffn"]
+
+from .factorize import Factorize, FactorizeEmbeddings  # noqa: E402
+from .share import ShareLayers, to_albert  # noqa: E402
+
+__all__ += ["Factorize", "FactorizeEmbeddings", "ShareLayers", "to_albert"]

@@ -3,3 +3,7 @@ from .prune import layers as _prune_layers  # noqa: F401
 from .train_steps import finetune_step as _finetune  # noqa: F401
 from . import distill as _distill  # noqa: F401
 from . import quantize as _quantize  # noqa: F401
+from .prune import heads as _prune_heads  # noqa: F401
+from .prune import ffn as _prune_ffn  # noqa: F401
+from . import factorize as _factorize  # noqa: F401
+from . import share as _share  # noqa: F401

@@ -1,0 +1,139 @@
+"""Shared machinery of head and FFN pruning: the step config fields, target arithmetic and the round loop.
+
+A target is a keep ratio in (0, 1] or an absolute count, over the whole model (`scope: global`, units
+compete across layers on the chosen importance) or within each layer (`scope: per_layer`). With `rounds: N`
+the kept count shrinks geometrically (ratio r reached as r^(k/N) after round k), the model is re-scored every
+round, and an optional short recovery fine-tune runs between rounds.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..errors import check
+from ..models import get_adapter
+from ..steps import StepConfig
+from ..tasks.base import TaskData
+from .importance import importance, importance_batches
+
+
+class StructuredPrune(StepConfig):
+    """Fields shared by prune_heads and prune_ffn (give exactly one of keep and keep_count)."""
+
+    unit: ClassVar[str] = ""  # "heads" or "ffn"
+    keep: float | None = Field(None, description="fraction of units to keep, in (0, 1]")
+    keep_count: int | None = Field(None, description="units to keep: in the whole model (global) or per layer")
+    scope: Literal["global", "per_layer"] = "global"
+    criterion: Literal["gradient", "magnitude"] = "gradient"
+    rounds: int = Field(1, ge=1, le=50, description="iterative pruning in N rounds, re-scoring each round")
+    recovery_epochs: float | None = Field(None, gt=0, description="fine-tune between rounds (not after the last)")
+    recovery_examples: int | None = Field(None, ge=1, description="train examples per recovery fine-tune")
+    recovery_lr: float = Field(5e-5, gt=0)
+    importance_examples: int = Field(512, ge=1, description="train examples scored for gradient importance")
+    batch_size: int = Field(32, ge=1)
+    normalize: bool = Field(True, description="divide each layer's scores by their L2 norm (Michel et al.)")
+    min_per_layer: int = Field(1, ge=1, description="global scope: units every layer keeps at least")
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        return self.criterion == "gradient" or self.recovery_epochs is not None
+
+    @model_validator(mode="after")
+    def _target(self) -> "StructuredPrune":
+        s = self.step
+        check((self.keep is None) != (self.keep_count is None), f"{s}: give exactly one of keep (ratio) or keep_count")
+        check(self.keep is None or 0 < self.keep <= 1, f"{s}: keep must be a ratio in (0, 1], got {self.keep}")
+        check(self.keep_count is None or self.keep_count >= 1, f"{s}: keep_count must be >= 1, got {self.keep_count}")
+        return self
+
+
+def unit_counts(model: nn.Module, unit: str) -> list[int]:
+    adapter = get_adapter(model)
+    return [adapter.num_heads(l) if unit == "heads" else adapter.ffn_width(l) for l in adapter.layers(model)]
+
+
+def final_targets(cfg: StructuredPrune, counts: list[int]) -> list[int] | int:
+    """Per-layer kept counts (per_layer scope) or the model-wide kept count (global scope)."""
+    s, what = cfg.step, "heads" if cfg.unit == "heads" else "FFN neurons"
+    if cfg.scope == "per_layer":
+        if cfg.keep_count is not None:
+            bad = [i for i, n in enumerate(counts) if cfg.keep_count > n]
+            check(not bad, f"{s}: keep_count {cfg.keep_count} exceeds the {counts[bad[0] if bad else 0]} {what} of "
+                  f"layer {bad[0] if bad else 0}")
+            return [cfg.keep_count] * len(counts)
+        return [max(1, round(float(cfg.keep) * n)) for n in counts]
+    total = sum(counts)
+    target = cfg.keep_count if cfg.keep_count is not None else max(1, round(float(cfg.keep) * total))
+    check(target <= total, f"{s}: keep_count {target} exceeds the {total} {what} of the model")
+    floor = cfg.min_per_layer * len(counts)
+    check(target >= floor, f"{s}: keeping {target} {what} is below min_per_layer={cfg.min_per_layer} for each of "
+          f"{len(counts)} layers; removing every unit of a layer is not supported (drop the layer instead)")
+    return target
+
+
+def round_target(final: list[int] | int, start: list[int] | int, k: int, rounds: int) -> list[int] | int:
+    """Geometric schedule: the count after round k of rounds, from start to final."""
+    def one(f: int, s0: int) -> int:
+        return f if k == rounds else max(f, round(s0 * (f / s0) ** (k / rounds)))
+
+    if isinstance(final, list):
+        return [one(f, s0) for f, s0 in zip(final, start)]  # type: ignore[arg-type]
+    return one(final, start)  # type: ignore[arg-type]
+
+
+def select(scores: dict[int, torch.Tensor], target: list[int] | int, min_per_layer: int = 1) -> dict[int, list[int]]:
+    """Indices to keep per layer: top-k per layer, or top target globally with min_per_layer in every layer."""
+    layers = sorted(scores)
+    if isinstance(target, list):
+        return {i: sorted(torch.topk(scores[i], min(t, scores[i].numel())).indices.tolist())
+                for i, t in zip(layers, target)}
+    keep: dict[int, set[int]] = {i: set(torch.topk(scores[i], min(min_per_layer, scores[i].numel())).indices.tolist())
+                                 for i in layers}
+    rest = [(float(scores[i][j]), i, j) for i in layers for j in range(scores[i].numel()) if j not in keep[i]]
+    rest.sort(key=lambda t: (-t[0], t[1], t[2]))
+    for _, i, j in rest[: max(0, target - sum(len(v) for v in keep.values()))]:
+        keep[i].add(j)
+    return {i: sorted(keep[i]) for i in layers}
+
+
+def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.Module, dict[int, list[int]]], None],
+               tokenizer: Any = None, task: TaskData | None = None, work_dir: str | Path | None = None,
+               seed: int = 42, max_len: int = 128) -> dict[str, Any]:
+    """Score, select and physically prune in cfg.rounds rounds; returns what was kept (original indices)."""
+    from ..train import TrainConfig, finetune
+
+    if cfg.needs_data:
+        check(task is not None and tokenizer is not None,
+              f"{cfg.step}: criterion '{cfg.criterion}' / recovery needs a tokenizer and task data")
+    counts0 = unit_counts(model, cfg.unit)
+    final = final_targets(cfg, counts0)
+    start: list[int] | int = counts0 if isinstance(final, list) else sum(counts0)
+    origin = {i: list(range(n)) for i, n in enumerate(counts0)}
+    history = []
+    for k in range(1, cfg.rounds + 1):
+        batches = None
+        if cfg.criterion == "gradient":
+            assert task is not None
+            batches = importance_batches(tokenizer, task, cfg.importance_examples, max_len, cfg.batch_size, seed + k)
+        scores = importance(model, cfg.unit, cfg.criterion, batches, cfg.normalize)
+        keep = select(scores, round_target(final, start, k, cfg.rounds), cfg.min_per_layer)
+        changed = {i: kept for i, kept in keep.items() if len(kept) < len(origin[i])}
+        if changed:
+            apply_keep(model, changed)
+        origin = {i: [origin[i][j] for j in keep[i]] for i in origin}
+        history.append({"round": k, "kept_per_layer": [len(origin[i]) for i in sorted(origin)]})
+        if cfg.recovery_epochs and k < cfg.rounds:
+            assert task is not None
+            tcfg = TrainConfig(epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.batch_size,
+                               max_len=max_len, seed=seed, max_train_examples=cfg.recovery_examples)
+            base = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="slimformer-prune-"))
+            model, stats = finetune(model, tokenizer, task, tcfg, base / f"recovery-{k}")
+            history[-1]["recovery_train_loss"] = stats.get("train_loss")
+    return {"unit": cfg.unit, "kept": {str(i): origin[i] for i in sorted(origin)},
+            "kept_per_layer": [len(origin[i]) for i in sorted(origin)], "original_per_layer": counts0,
+            "kept_total": sum(len(v) for v in origin.values()), "original_total": sum(counts0), "rounds": history}
