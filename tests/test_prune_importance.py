@@ -1,0 +1,56 @@
+"""Importance scores: gate gradients match finite differences; magnitude and selection rules."""
+from __future__ import annotations
+
+import torch
+
+from slimformer.models import get_adapter
+from slimformer.prune.gates import gated, ones_gates
+from slimformer.prune.importance import gradient_importance, magnitude_importance, normalize_per_layer
+from slimformer.prune.schedule import round_target, select
+
+
+def test_gradient_importance_matches_finite_difference(tiny_bert, batch):
+    model = tiny_bert(layers=2)
+    labelled = {**batch, "labels": torch.tensor([0, 1, 1])}
+    scores = gradient_importance(model, [labelled], "heads")
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    eps = 1e-3
+    for layer, head in ((0, 2), (1, 0)):
+        losses = []
+        for sign in (1, -1):
+            gates = ones_gates(model, "heads")
+            gates[layer][head] += sign * eps
+            with torch.no_grad(), gated(model, heads=gates):
+                losses.append(float(model(**labelled).loss))
+        fd = abs(losses[0] - losses[1]) / (2 * eps)
+        assert abs(fd - float(scores[layer][head])) < 1e-3 + 1e-2 * fd
+
+
+def test_ffn_gradient_scores_shape_and_sign(tiny_bert, batch):
+    model = tiny_bert(layers=2, ffn=48)
+    scores = gradient_importance(model, [{**batch, "labels": torch.tensor([0, 1, 1])}] * 2, "ffn")
+    assert [s.shape[0] for s in scores.values()] == [48, 48] and all((s >= 0).all() for s in scores.values())
+    norm = normalize_per_layer(scores)
+    assert all(abs(float(s.norm()) - 1) < 1e-5 for s in norm.values())
+
+
+def test_magnitude_importance_is_weight_norm(tiny_bert):
+    model = tiny_bert(layers=1)
+    att = get_adapter(model).attention(get_adapter(model).layers(model)[0])
+    s = magnitude_importance(model, "heads")[0]
+    d = att.head_dim
+    expect = torch.cat([att.query.weight[d:2 * d].flatten(), att.key.weight[d:2 * d].flatten(),
+                        att.value.weight[d:2 * d].flatten(), att.output.weight[:, d:2 * d].flatten()]).detach().norm()
+    assert abs(float(s[1]) - float(expect)) < 1e-5
+
+
+def test_global_selection_keeps_min_per_layer_and_best_overall():
+    scores = {0: torch.tensor([0.9, 0.8, 0.7, 0.6]), 1: torch.tensor([0.1, 0.05, 0.2, 0.01])}
+    assert select(scores, 3) == {0: [0, 1], 1: [2]}  # layer 1 keeps its best head even though it ranks low
+    assert select(scores, 5, min_per_layer=2) == {0: [0, 1, 2], 1: [0, 2]}
+    assert select(scores, [1, 2]) == {0: [0], 1: [0, 2]}
+
+
+def test_geometric_schedule():
+    assert [round_target(12, 48, k, 2) for k in (1, 2)] == [24, 12]
+    assert [round_target([3, 1], [12, 12], k, 2) for k in (1, 2)] == [[6, 3], [3, 1]]
