@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 
 from slimformer.distill import Distill, DistillGeneral, distill, distill_general, make_student
 from slimformer.distill import losses as L
+from slimformer.distill import mlm as mlm_mod
 from slimformer.distill import step as step_mod
 from slimformer.distill.trainer import DistillTrainer, LossWeights, teacher_logits_cache
 
@@ -36,6 +37,7 @@ def test_teacher_runs_once_per_batch_without_grad_and_stays_frozen(tiny_bert, to
     assert calls.grad == [False, False, False]  # one forward per training step, all under no_grad
     for k, v in _params(teacher).items():
         assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in teacher.parameters())  # not frozen for later use (make_student etc.)
 
 
 def test_cached_teacher_is_not_run_during_training_and_cache_is_reused(tiny_bert, tokenizer, tmp_path):
@@ -129,3 +131,46 @@ def test_general_distillation_reads_wikitext2(tiny_bert, tokenizer, tmp_path):
     cfg = DistillGeneral(text=str(data), block_size=32, max_blocks=8, max_steps=2, batch_size=4)
     _, stats = distill_general(make_student(teacher, every=2), teacher, tokenizer, cfg, tmp_path, seed=3)
     assert stats["blocks"] == 8
+
+
+def test_general_distillation_resume_matches_uninterrupted(tiny_bert, tokenizer, tmp_path, monkeypatch):
+    """The masked positions come from the RNG the Trainer checkpoints, so a resumed run ends identically."""
+    from test_distill_train import _Interrupt
+
+    text = tmp_path / "wiki.txt"
+    text.write_text("\n".join(" ".join(WORDS[i:] + WORDS[:i]) for i in range(14)) * 3)
+    teacher = tiny_bert(layers=4, seed=1)
+    cfg = DistillGeneral(text=str(text), block_size=16, max_steps=6, save_steps=2, batch_size=4)
+    full, _ = distill_general(make_student(teacher, every=2), teacher, tokenizer, cfg, tmp_path / "full", seed=3)
+    run = step_mod.run_distillation
+    with monkeypatch.context() as mp:
+        mp.setattr(mlm_mod, "run_distillation", lambda *a, **k: run(*a, **k, callbacks=[_Interrupt()]))
+        with pytest.raises(KeyboardInterrupt):
+            distill_general(make_student(teacher, every=2), teacher, tokenizer, cfg, tmp_path / "cut", seed=3)
+    resumed, stats = distill_general(make_student(teacher, every=2), teacher, tokenizer, cfg, tmp_path / "cut",
+                                     seed=3, resume=True)
+    assert stats["resumed_from"].endswith("checkpoint-2")
+    bad = {k: (v - _params(resumed)[k]).abs().max().item() for k, v in _params(full).items()
+           if not torch.allclose(_params(resumed)[k], v, atol=1e-6, rtol=1e-5)}
+    assert not bad, bad
+
+
+def test_masked_blocks_corrupt_15_percent_reproducibly(tokenizer):
+    from slimformer.tasks.text import mlm_blocks
+
+    lines = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(14)] * 40
+    blocks = mlm_blocks(tokenizer, lines, 64)
+    data = mlm_mod.MaskedBlocks(blocks, tokenizer, 0.15, seed=3)
+    picked = total = 0
+    for i in range(len(data)):
+        a, b = data[i], data[i]
+        assert torch.equal(a["input_ids"], b["input_ids"])  # the same block always gets the same mask
+        orig = torch.tensor(blocks[i]["input_ids"])
+        sel = a["labels"].ne(-100)
+        assert not sel[0] and not sel[-1]  # [CLS] and [SEP] are never picked
+        assert torch.equal(a["labels"][sel], orig[sel])
+        assert torch.equal(a["input_ids"][~sel], orig[~sel])  # only picked tokens change
+        picked, total = picked + int(sel.sum()), total + len(orig) - 2
+    assert 0.12 < picked / total < 0.18
+    other = mlm_mod.MaskedBlocks(blocks, tokenizer, 0.15, seed=4)
+    assert not torch.equal(other[0]["labels"], data[0]["labels"])

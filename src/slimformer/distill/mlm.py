@@ -1,7 +1,8 @@
 """Task-agnostic distillation on raw text (e.g. WikiText-2): a general student for any later task.
 
 Blocks of text are corrupted as for masked-LM (15% of tokens: 80% [MASK], 10% random, 10% kept) and fed to
-teacher and student alike. The packaged MiniLM is a sentence encoder with no MLM head, so by default the
+teacher and student alike. Block i is masked from its own generator seeded by (seed, i): the corruption does
+not depend on the global RNG or on batch order, so runs are reproducible and a resumed run ends identically. The packaged MiniLM is a sentence encoder with no MLM head, so by default the
 student learns the teacher's hidden states and attention distributions (TinyBERT general distillation)
 rather than its token predictions. When both models carry an MLM head (AutoModelForMaskedLM), `kd`
 (soft targets on the masked tokens) and `ce` (the MLM loss itself, DistilBERT's L_mlm) can be switched on.
@@ -11,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from ..errors import check
 from ..steps import Context, StepConfig, implements
 from ..tasks.text import mlm_blocks, read_text
 from .step import LossTerms, run_distillation
@@ -35,17 +38,47 @@ class DistillGeneral(LossTerms):
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(1e-4, gt=0)
 
+    @model_validator(mode="after")
+    def _masked(self) -> "DistillGeneral":
+        check(self.mask_prob > 0 or not (self.kd or self.ce), "distill_general: kd and ce need mask_prob > 0")
+        return self
+
+
+class MaskedBlocks(torch.utils.data.Dataset):
+    """Token blocks with masked-LM corruption; block i always gets the same mask (a generator seeded by seed, i)."""
+
+    def __init__(self, blocks: Any, tokenizer: Any, mask_prob: float, seed: int):
+        self.blocks, self.tok, self.p, self.seed = blocks, tokenizer, mask_prob, seed
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        feat = self.blocks[i]
+        ids = torch.tensor(feat["input_ids"])
+        labels = torch.full_like(ids, -100)
+        if self.p > 0:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            special = torch.tensor(self.tok.get_special_tokens_mask(feat["input_ids"],
+                                                                    already_has_special_tokens=True), dtype=torch.bool)
+            picked = (torch.rand(ids.shape, generator=g) < self.p) & ~special
+            labels[picked] = ids[picked]
+            roll = torch.rand(ids.shape, generator=g)
+            rand_ids = torch.randint(len(self.tok), ids.shape, generator=g)
+            ids = torch.where(picked & (roll < 0.8), torch.tensor(self.tok.mask_token_id), ids)
+            ids = torch.where(picked & (roll >= 0.8) & (roll < 0.9), rand_ids, ids)
+        return {"input_ids": ids, "attention_mask": torch.tensor(feat["attention_mask"]),
+                "token_type_ids": torch.tensor(feat["token_type_ids"]), "labels": labels}
+
 
 def distill_general(student: nn.Module, teacher: nn.Module, tokenizer: Any, cfg: DistillGeneral,
                     work_dir: str | Path, seed: int = 42, resume: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Task-agnostic distillation of student (in place) on cfg.text; returns (student, stats)."""
-    from transformers import DataCollatorForLanguageModeling
+    from transformers import default_data_collator
 
     blocks = mlm_blocks(tokenizer, read_text(cfg.text), cfg.block_size, cfg.max_blocks)
-    # masking draws from the global torch RNG, which the Trainer seeds and restores on resume
-    collate = DataCollatorForLanguageModeling(tokenizer, mlm=cfg.mask_prob > 0,
-                                              mlm_probability=cfg.mask_prob or 0.15)
-    stats = run_distillation(student, teacher, tokenizer, blocks, collate, cfg, work_dir, seed, resume,
+    data = MaskedBlocks(blocks, tokenizer, cfg.mask_prob, seed)
+    stats = run_distillation(student, teacher, tokenizer, data, default_data_collator, cfg, work_dir, seed, resume,
                              cfg.block_size)
     stats["blocks"] = len(blocks)
     return student, stats

@@ -145,9 +145,8 @@ class DistillTrainer(Trainer):
     def __init__(self, *args: Any, teacher: nn.Module, weights: LossWeights, layer_map: Pairs,
                  cached_logits: torch.Tensor | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = teacher.eval()  # runs under no_grad; its requires_grad flags are left alone (a later
+        # make_student(teacher) copy must stay trainable)
         self.weights = weights
         self.layer_map = layer_map
         self.cached_logits = cached_logits
