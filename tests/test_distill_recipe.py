@@ -24,3 +24,15 @@ def test_recipe_make_student_then_distill(tiny_bert, tokenizer, batch, tmp_path)
     assert len(reloaded.bert.encoder.layer) == 2
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, result.model.eval()(**batch).logits, atol=0, rtol=0)
+
+
+def test_shipped_distill_recipes_validate():
+    from pathlib import Path
+
+    from slimformer.recipe import read_recipe
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    for name in ("distill_sst2.yaml", "distill_general_wikitext2.yaml"):
+        steps = read_recipe(root / name).parsed_steps()
+        assert [s.step for s in steps][:1] == ["make_student"]
+        assert steps[-1].step == "distill"
