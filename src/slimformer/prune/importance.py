@@ -40,16 +40,19 @@ def magnitude_importance(model: nn.Module, kind: str) -> Scores:
     return out
 
 
+def sample_examples(task: TaskData, n: int, seed: int = 42) -> list[Any]:
+    """The n training examples importance is scored on (a seeded sample; all of them if fewer)."""
+    examples = list(task.split("train"))
+    check(len(examples) > 0, f"task {task.name} has no training examples to score importance on")
+    return random.Random(seed).sample(examples, n) if n < len(examples) else examples
+
+
 def importance_batches(tokenizer: Any, task: TaskData, n: int, max_len: int, batch_size: int,
                        seed: int = 42) -> list[dict[str, torch.Tensor]]:
     """n shuffled training examples, tokenised and padded into batches (labels included)."""
     from ..data import collator, encode
 
-    examples = list(task.split("train"))
-    check(len(examples) > 0, f"task {task.name} has no training examples to score importance on")
-    if n < len(examples):
-        examples = random.Random(seed).sample(examples, n)
-    ds = encode(tokenizer, examples, max_len)
+    ds = encode(tokenizer, sample_examples(task, n, seed), max_len)
     collate = collator(tokenizer)
     return [dict(collate([ds[j] for j in range(s, min(s + batch_size, len(ds)))]))
             for s in range(0, len(ds), batch_size)]

@@ -115,11 +115,11 @@ def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.
     start: list[int] | int = counts0 if isinstance(final, list) else sum(counts0)
     origin = {i: list(range(n)) for i, n in enumerate(counts0)}
     history = []
+    batches = None
+    if cfg.criterion == "gradient":  # the same examples every round (re-scored on the pruned model)
+        assert task is not None
+        batches = importance_batches(tokenizer, task, cfg.importance_examples, max_len, cfg.batch_size, seed)
     for k in range(1, cfg.rounds + 1):
-        batches = None
-        if cfg.criterion == "gradient":
-            assert task is not None
-            batches = importance_batches(tokenizer, task, cfg.importance_examples, max_len, cfg.batch_size, seed + k)
         scores = importance(model, cfg.unit, cfg.criterion, batches, cfg.normalize)
         keep = select(scores, round_target(final, start, k, cfg.rounds), cfg.min_per_layer)
         changed = {i: kept for i, kept in keep.items() if len(kept) < len(origin[i])}
