@@ -300,7 +300,47 @@ def main(parts: list[str]) -> None:
             print(json.dumps(results[p], indent=1, default=str)[:3000])
 
 
+def markdown() -> str:
+    """Tables for docs/bench/prune.md from benchmarks/results/prune_sst2.json."""
+    d = json.loads((RESULTS / f"{NAME}.json").read_text())
+    out = [f"teacher dev accuracy: {d['teacher_acc']}"]
+
+    def table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "---|" * len(cols))
+        for r in rows:
+            out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+        out.append("")
+
+    for part in ("curve", "target", "peer", "layers"):
+        if part not in d:
+            continue
+        out.append(f"## {part} ({d[part].get('part_wall_s')} s)")
+        p = d[part]
+        if "error" in p:
+            out.append(f"error: {p['error']}")
+        elif part == "curve":
+            table(p["rows"], ["model", "params", "acc_pruned", "acc_recovered", "b1_ms", "b32_ms", "speedup_b1",
+                              "speedup_b32", "heads_per_layer", "ffn_per_layer"])
+        elif part == "target":
+            out.append(json.dumps({k: p[k] for k in ("teacher_acc", "acc_pruned", "acc_recovered", "drop_points",
+                                                     "distill_s", "targets", "latency", "ms_saved_by_kind_b32",
+                                                     "shape")}, indent=1))
+            out.append(json.dumps(p["profile_b32"], indent=1))
+        elif part == "peer":
+            table(p["rows"], ["model", "params", "acc_pruned", "acc_recovered", "b1_ms", "b32_ms", "speedup_b32",
+                              "heads_per_layer", "ffn_per_layer", "reload_max_abs_diff"])
+            out.append(f"teacher latency: {p['teacher_latency']}")
+        else:
+            table(p["rows"], ["model", "kept_layers", "params", "acc_dropped", "acc_recovered", "recovery_s"])
+            out.append(json.dumps(p["latency"]))
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["markdown"]:
+        print(markdown())
+        raise SystemExit(0)
     unknown = [p for p in sys.argv[1:] if p not in PARTS]
     if unknown or not sys.argv[1:]:
         raise SystemExit(f"usage: bench_prune.py {' '.join(PARTS)} (unknown: {unknown})")
