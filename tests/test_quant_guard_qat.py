@@ -18,7 +18,7 @@ def test_guard_quiet_when_fine_and_fires_on_broken_layer(tiny_bert, tokenizer, c
         model.classifier.bias.zero_()
         model.bert.pooler.dense.weight.mul_(10)
     task = toy_task(model, tokenizer)
-    good = quantize_dynamic(copy.deepcopy(model), QuantizeDynamic(embeddings=False))
+    good = quantize_dynamic(copy.deepcopy(model), QuantizeDynamic(backend="torch", embeddings=False))
     rep = check_accuracy(model, good, tokenizer, task, tolerance=20.0)
     assert rep["ok"] and rep["before"] == 1.0
     broken = copy.deepcopy(good)

@@ -1,49 +1,89 @@
 """Dynamic INT8: int8 per-channel weights, activations quantized per tensor at run time.
 
-Backends: `torch` (fbgemm INT8 GEMM with AVX512-VNNI, weights stored as int8 tensors so the file is small
-and reloads) and `onnxruntime` (export + ORT `quantize_dynamic`, per-channel). Word embeddings are
-stored int8 (per-row scales) by default, which is what makes the file >= 3.5x smaller.
+Backends: `torch` (fbgemm INT8 GEMM, weights stored as int8 tensors so the file is small and reloads),
+`onnxruntime` (export + ORT `quantize_dynamic`, per-channel, embedding Gathers int8 too) and `auto` (the
+default): build both, time them interleaved with FP32 at batch 1 on this machine and keep the faster; the
+choice and the timings are stored in `config.slimformer["quantize_backend"]`. Word embeddings are stored
+int8 (per-row scales) by default, which is what makes the file >= 3.5x smaller. A clear warning says when
+INT8 will not pay off (measured no faster than FP32, no VNNI, tiny matrices).
 """
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
 
+from ..errors import SlimformerError
 from ..steps import Context, implements
+from .advice import choose_backend, int8_advice, slow_warning, warn
 from .common import QuantStep, run_guard, summary
 from .onnx_backend import quantize_onnx
 from .ops import quantize_embeddings, quantize_linears
 
-Backend = Literal["torch", "onnxruntime"]
+Backend = Literal["auto", "torch", "onnxruntime"]
 
 
 class QuantizeDynamic(QuantStep):
     """Dynamic INT8 quantization of Linear layers (and int8 word embeddings)."""
 
     step: ClassVar[str] = "quantize_dynamic"
-    backend: Backend = Field("torch", description="torch (fbgemm) or onnxruntime")
+    backend: Backend = Field("auto", description="auto (time both here, keep the faster), torch (fbgemm) or "
+                                                 "onnxruntime")
     embeddings: bool = Field(True, description="store the word embeddings as int8")
 
 
-def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, tokenizer: object = None) -> nn.Module:
-    """Quantize model in place (Python API); `tokenizer` is needed by the onnxruntime backend."""
-    cfg = cfg or QuantizeDynamic()
-    names = cfg.targets(model)
-    if cfg.backend == "onnxruntime":
-        return quantize_onnx(model, tokenizer, names, mode="dynamic", embeddings=cfg.embeddings)
+def _torch(model: nn.Module, names: list[str], cfg: QuantizeDynamic) -> nn.Module:
     quantize_linears(model, names, bits=8, act="dynamic")
     if cfg.embeddings:
         quantize_embeddings(model, bits=8)
     return model
 
 
+def _record(model: nn.Module, report: dict[str, Any]) -> None:
+    meta = dict(getattr(model.config, "slimformer", None) or {})
+    meta["quantize_backend"] = report
+    model.config.slimformer = meta
+
+
+def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, tokenizer: object = None) -> nn.Module:
+    """Quantize model (Python API) and return it: in place for an explicit backend; with `auto` the faster
+    of two quantized copies is returned. `tokenizer` shapes the ONNX export inputs (optional for BERT)."""
+    cfg = cfg or QuantizeDynamic()
+    names = cfg.targets(model)
+    if cfg.backend == "torch":
+        return _torch(model, names, cfg)
+    if cfg.backend == "onnxruntime":
+        return quantize_onnx(model, tokenizer, names, mode="dynamic", embeddings=cfg.embeddings)
+    cands = {"torch": _torch(copy.deepcopy(model), names, cfg)}
+    error = None
+    try:
+        cands["onnxruntime"] = quantize_onnx(copy.deepcopy(model), tokenizer, names, mode="dynamic",
+                                             embeddings=cfg.embeddings)
+    except (SlimformerError, ImportError) as e:  # export not possible: fbgemm is the fallback
+        error = str(e)
+    best, report = choose_backend(model, cands, tokenizer)
+    if error:
+        report["onnxruntime_error"] = error
+    warn(slow_warning(report, model))
+    out = cands[best]
+    _record(out, report)
+    return out
+
+
 @implements(QuantizeDynamic)
 def quantize_dynamic_step(model: nn.Module, cfg: QuantizeDynamic, ctx: Context) -> nn.Module:
     before = copy.deepcopy(model) if cfg.guard and ctx.task is not None else None
+    if cfg.backend != "auto":
+        advice = int8_advice(model)
+        warn(advice)
+        if advice:
+            ctx.note("int8_advice", advice)
     model = quantize_dynamic(model, cfg, ctx.tokenizer)
+    choice = (getattr(model.config, "slimformer", None) or {}).get("quantize_backend")
+    if choice:
+        ctx.note("backend", choice)
     ctx.note("quantized", summary(model) or {"backend": cfg.backend})
     if before is not None:
         run_guard(before, model, cfg, ctx)

@@ -2,6 +2,7 @@
 the layers most responsible (relative output error of each quantized layer on the same inputs)."""
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from typing import Any, Callable
@@ -60,6 +61,19 @@ def layer_errors(reference: nn.Module, quantized: nn.Module, batches: list[dict[
     return {n: sum(v) / len(v) for n, v in err.items() if v}
 
 
+def _torch_proxy(reference: nn.Module, quantized: nn.Module) -> nn.Module:
+    """The quantized model itself, or, for a model whose layers are not visible (an ONNX Runtime graph), the
+    reference with every Linear on the same INT8 grid in torch: per-layer errors then estimate ORT's."""
+    if any(isinstance(m, QUANT_TYPES) for m in quantized.modules()):
+        return quantized
+    from .ops import quantize_embeddings, quantize_linears, select_linears
+
+    proxy = copy.deepcopy(reference)
+    quantize_linears(proxy, select_linears(proxy), bits=8, act="dynamic")
+    quantize_embeddings(proxy, bits=8)
+    return proxy
+
+
 def check_accuracy(reference: nn.Module | Callable, quantized: nn.Module | Callable, tokenizer: Any, task: TaskData,
                    tolerance: float = 1.0, max_len: int = 128, max_examples: int | None = None,
                    batches: list[dict[str, torch.Tensor]] | None = None, top: int = 3,
@@ -67,7 +81,8 @@ def check_accuracy(reference: nn.Module | Callable, quantized: nn.Module | Calla
     """Compare the task metric (in points) before and after; warn when it drops by more than `tolerance`.
 
     Returns {metric, before, after, drop, ok, suspects}; suspects (layer, relative error) are the quantized
-    layers with the largest output error, filled when the guard fires (both models must be torch modules).
+    layers with the largest output error, filled when the guard fires (both models must be torch modules; an
+    ONNX Runtime model's layers are estimated on the same INT8 grid in torch).
     """
     split = task.eval_split()
     metric = task.main_metric
@@ -81,7 +96,7 @@ def check_accuracy(reference: nn.Module | Callable, quantized: nn.Module | Calla
         if isinstance(reference, nn.Module) and isinstance(quantized, nn.Module):
             if batches is None:
                 batches = calibration_batches(tokenizer, task, 32, max_len, split=split)
-            errs = layer_errors(reference, quantized, batches)
+            errs = layer_errors(reference, _torch_proxy(reference, quantized), batches)
             worst = sorted(errs.items(), key=lambda kv: -kv[1])[:top]
             report["suspects"] = [{"layer": n, "rel_error": round(e, 4)} for n, e in worst]
         names = ", ".join(f"{s['layer']} ({s['rel_error']:.3f})" for s in report["suspects"]) or "unknown"

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ..models import get_adapter
 from ..progress import track
 from ..steps import Context, implements
 from .common import QuantStep, run_guard, summary
@@ -87,6 +88,22 @@ def allocate(sens: dict[str, dict[str, float]], sizes: dict[str, int], budget_by
         used += best[2]
 
 
+SHORT = {"int4": "4", "int8": "8", "fp32": "32"}
+
+
+def per_layer_table(model: nn.Module, pick: dict[str, str]) -> dict[str, str]:
+    """{"layer i": "q8 k4 v4 o8 up4 down8"} (bits per projection; "-" when not quantized), for the report."""
+    adapter = get_adapter(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    out = {}
+    for i, layer in enumerate(adapter.layers(model)):
+        att, ffn = adapter.attention(layer), adapter.ffn(layer)
+        parts = [("q", att.query), ("k", att.key), ("v", att.value), ("o", att.output), ("up", ffn.up),
+                 ("down", ffn.down)]
+        out[f"layer {i}"] = " ".join(f"{k}{SHORT.get(pick.get(names.get(id(m), ''), ''), '-')}" for k, m in parts)
+    return out
+
+
 class QuantizeMixed(QuantStep):
     """Per-layer bit allocation (int4 weight-only / INT8 dynamic / fp32) under a size budget."""
 
@@ -122,7 +139,7 @@ def quantize_mixed(model: nn.Module, batches: list[dict[str, torch.Tensor]], cfg
     if cfg.embedding_bits:
         quantize_embeddings(model, bits=cfg.embedding_bits, group_size=cfg.group_size)
     used = sum(sizes[n] * COST[pick[n]] for n in pick)
-    info = {"choice": pick, "counts": {c: list(pick.values()).count(c) for c in choices},
+    info = {"per_layer": per_layer_table(model, pick), "choice": pick, "counts": {c: list(pick.values()).count(c) for c in choices},
             "linear_bytes_fraction_of_fp32": round(used / (4.0 * sum(sizes.values())), 4),
             "sensitivity": {n: {c: round(v, 6) for c, v in d.items()} for n, d in sens.items()}}
     return model, info
