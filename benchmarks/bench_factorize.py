@@ -1,0 +1,162 @@
+"""Factorization and sharing benchmark on the cached MiniLM SST-2 teacher.
+
+- ALBERT-style embedding factorization at E = 256, 128, 64;
+- truncated SVD of every attention and FFN projection at 75% and 50% of their parameters (uniform ratio; the
+  spectrum allocation at 50% is evaluated before recovery as well);
+- cross-layer sharing in groups of 2 and of 6 layers (init: first layer of the group).
+
+Each variant: parameters, bytes on disk, dev accuracy before and after a short recovery by distillation from
+the teacher (kd + ce, T=2, teacher logits cached; 1 epoch on the first 3000 training examples, max_len 64,
+batch 32, lr 1e-4: the same budget for every variant). Latency: median at seq 128, batch 1 and 32, 2 threads,
+all variants of a section and the teacher measured interleaved in one run (bench.compare_latency).
+
+    flock /tmp/sf/cpu.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python benchmarks/bench_factorize.py
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import time
+from typing import Any
+
+from common import CACHE, print_table, task, teacher, write_result
+
+import torch
+
+ROWS: list[dict[str, Any]] = []
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--examples", type=int, default=3000, help="training examples for each recovery")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--max-len", type=int, default=64, help="truncation for recovery training")
+    ap.add_argument("--sections", default="emb,svd,share")
+    ap.add_argument("--latency-budget", type=float, default=5.0, help="seconds of timing per model and batch")
+    args = ap.parse_args()
+
+    from slimformer.bench import compare_latency, saved_size
+    from slimformer.distill import Distill, distill
+    from slimformer.evaluate import evaluate_task
+    from slimformer.factorize import Factorize, choose_ranks, factorize_embeddings, factorize_linears
+    from slimformer.models import num_params
+    from slimformer.share import share_layers
+
+    torch.set_num_threads(2)
+    t0_all = time.perf_counter()
+    teach, tok = teacher(args.task)
+    t = task(args.task)
+    metric = t.main_metric
+    cache = CACHE / "work" / "factorize" / "teacher_logits.safetensors"
+
+    def acc(model: Any) -> float:
+        return round(evaluate_task(model, tok, t, "dev", max_len=128)[metric], 4)
+
+    def recover(model: Any, name: str) -> dict[str, Any]:
+        work = CACHE / "work" / "factorize" / f"{args.task}-{name}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        if cache.is_file():
+            shutil.copy(cache, work / "teacher_logits.safetensors")  # same subset: the fingerprint matches
+        cfg = Distill(kd=1.0, ce=0.5, temperature=2.0, epochs=args.epochs, lr=args.lr, batch_size=32,
+                      max_train_examples=args.examples, cache_teacher=True, save_steps=10_000)
+        _, stats = distill(model, teach, tok, t, cfg, work, max_len=args.max_len)
+        if not cache.is_file():
+            shutil.copy(work / "teacher_logits.safetensors", cache)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"train_s": stats["train_runtime_s"]}
+
+    def variant(section: str, name: str, model: Any, extra: dict[str, Any] | None = None,
+                do_recover: bool = True) -> dict[str, Any]:
+        row = {"section": section, "name": name, "params": num_params(model), "size_mb": saved_size(model) / 1e6,
+               f"{metric}_before": acc(model), **(extra or {})}
+        if do_recover:
+            row.update(recover(model, name.replace(" ", "_")))
+            row[f"{metric}_after"] = acc(model)
+        row["drop_pt"] = round(100 * (teacher_acc - row.get(f"{metric}_after", row[f"{metric}_before"])), 2)
+        print(row, flush=True)
+        ROWS.append(row)
+        return row
+
+    def latency(section: str, models: dict[str, Any]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for b in (1, 32):
+            lat = compare_latency({"teacher": teach, **models}, tok, batch=b, seq_len=128, n_threads=2,
+                                  budget_s=args.latency_budget)
+            for k, v in lat.items():
+                out.setdefault(k, {})[f"b{b}_ms"] = round(v.median_ms, 2)
+                out[k][f"b{b}_runs"] = v.runs
+        for k, v in out.items():
+            v["b1_vs_teacher"] = round(v["b1_ms"] / out["teacher"]["b1_ms"], 3)
+            v["b32_vs_teacher"] = round(v["b32_ms"] / out["teacher"]["b32_ms"], 3)
+        print(section, out, flush=True)
+        LAT[section] = out
+        save(LAT, t0_all, args)
+        return out
+
+    LAT: dict[str, Any] = {}
+    teacher_acc = acc(teach)
+    ROWS.append({"section": "teacher", "name": "MiniLM SST-2 teacher", "params": num_params(teach),
+                 "size_mb": saved_size(teach) / 1e6, f"{metric}_before": teacher_acc, "drop_pt": 0.0})
+    sections = args.sections.split(",")
+
+    if "emb" in sections:
+        made = {}
+        for e in (256, 128, 64):
+            m = factorize_embeddings(copy.deepcopy(teach), e)
+            variant("embeddings", f"E={e}", m, {"E": e})
+            made[f"E={e}"] = m
+        latency("embeddings", made)
+        del made
+
+    if "svd" in sections:
+        made = {}
+        for ratio in (0.75, 0.5):
+            m = copy.deepcopy(teach)
+            ranks, skipped = choose_ranks(m, Factorize(ratio=ratio))
+            factorize_linears(m, ranks)
+            variant("svd", f"SVD {int(ratio * 100)}%", m, {"ranks": sorted(set(ranks.values())),
+                                                           "skipped": len(skipped)})
+            made[f"SVD {int(ratio * 100)}%"] = m
+        m = copy.deepcopy(teach)
+        ranks, skipped = choose_ranks(m, Factorize(ratio=0.5, allocation="spectrum"))
+        factorize_linears(m, ranks)
+        variant("svd", "SVD 50% spectrum allocation", m,
+                {"ranks": [min(ranks.values()), max(ranks.values())], "skipped": len(skipped)}, do_recover=False)
+        latency("svd", made)
+        del made
+
+    if "share" in sections:
+        made = {}
+        for k in (2, 6):
+            m = copy.deepcopy(teach)
+            share_layers(m, [list(range(i, i + k)) for i in range(0, 6, k)], "first")
+            variant("share", f"share groups of {k}", m, {"groups": 6 // k})
+            made[f"share {k}"] = m
+        latency("share", made)
+        del made
+
+    save(LAT, t0_all, args, final=True)
+
+
+def save(lat: dict[str, Any], t0: float, args: Any, final: bool = False) -> None:
+    """Write benchmarks/results/factorize_<task>.json (also after each section, so a cut-short run keeps its rows)."""
+    wall = round(time.perf_counter() - t0, 1)
+    settings = {"recovery": f"distill kd=1 ce=0.5 T=2, {args.epochs:g} epoch on {args.examples} train examples, "
+                            f"max_len {args.max_len}, batch 32, lr {args.lr:g}, teacher logits cached",
+                "eval": "SST-2 dev (872), max_len 128", "latency": "seq 128, batch 1 and 32, 2 threads, interleaved",
+                "wall_s": wall}
+    clean = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in ROWS]
+    path = write_result(f"factorize_{args.task}", {"settings": settings, "rows": clean, "latency": lat,
+                                                   "complete": final})
+    if final:
+        cols = ("name", "params", "size_mb", "accuracy_before", "accuracy_after", "drop_pt")
+        print_table([{k: r.get(k) for k in cols} for r in clean], "factorize / share")
+        print(f"wrote {path} in {wall}s")
+
+
+if __name__ == "__main__":
+    main()
