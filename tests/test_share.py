@@ -139,3 +139,22 @@ def test_to_albert_refusals(tiny_bert, tokenizer, tmp_path):
     with pytest.raises(SlimformerError, match="only BERT"):
         to_albert(tiny_bert(model_type="roberta"), tmp_path / "d")
     assert not (tmp_path / "a").exists()
+
+
+def test_factorize_after_sharing_keeps_tensors_shared(tiny_bert, tokenizer, tmp_path):
+    from slimformer.factorize import Factorize
+
+    model = tiny_bert(layers=4)
+    ctx = Context(tokenizer=tokenizer, task=None, work_dir=tmp_path)
+    apply_step(model, ShareLayers(group_size=2), ctx)
+    shared = models.num_params(model)
+    apply_step(model, Factorize(ratio=0.5), ctx)
+    assert sharing_groups(model) == [[0, 1], [2, 3]]
+    q0, q1 = _layer(model, 0).attention.self.query, _layer(model, 1).attention.self.query
+    assert q0 is not q1 and q0.first.weight is q1.first.weight and q0.second.bias is q1.second.bias
+    # per shared layer: 4 attention 32x32 at rank 8 and 2 FFN 32x64 at rank 10, two distinct layers
+    assert models.num_params(model) == shared - 2 * (4 * (32 * 32 - 8 * 64) + 2 * (32 * 64 - 10 * 96))
+    ref = logits(model, tokenizer)
+    models.save(model, tokenizer, tmp_path / "m")
+    torch.testing.assert_close(fresh_process_logits(tmp_path / "m"), ref, atol=1e-6, rtol=0)
+    model.save_pretrained(tmp_path / "hf")  # Trainer checkpoints: transformers accepts the declared aliases

@@ -81,11 +81,32 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 @register_op("low_rank")
 def _low_rank(model: nn.Module, ranks: dict[str, int]) -> None:
+    done: dict[tuple[int, int, int], LowRankLinear] = {}  # Linears sharing weights (share_layers) stay shared
     for name, rank in ranks.items():
         parent, child = _parent(model, name)
         lin = getattr(parent, child, None)
         check_rank(lin, rank, name)  # type: ignore[arg-type]
-        setattr(parent, child, LowRankLinear.from_linear(lin, rank))  # type: ignore[arg-type]
+        key = (id(lin.weight), id(lin.bias), rank)  # type: ignore[union-attr]
+        if key in done:
+            setattr(parent, child, _alias(done[key]))
+        else:
+            done[key] = LowRankLinear.from_linear(lin, rank)  # type: ignore[arg-type]
+            setattr(parent, child, done[key])
+
+
+def _alias(mod: LowRankLinear) -> LowRankLinear:
+    """A distinct module object over the same parameter tensors (hooks stay per layer, tensors are stored once)."""
+    new = LowRankLinear.__new__(LowRankLinear)
+    nn.Module.__init__(new)
+    new.in_features, new.out_features, new.rank = mod.in_features, mod.out_features, mod.rank
+    new.first, new.second = nn.Linear.__new__(nn.Linear), nn.Linear.__new__(nn.Linear)
+    for dst, src in ((new.first, mod.first), (new.second, mod.second)):
+        nn.Module.__init__(dst)
+        dst.in_features, dst.out_features = src.in_features, src.out_features
+        dst.register_parameter("weight", src.weight)
+        dst.register_parameter("bias", src.bias)
+    new.train(mod.training)
+    return new
 
 
 def factorize_linears(model: nn.Module, ranks: dict[str, int]) -> nn.Module:

@@ -66,9 +66,11 @@ def _share_layers(model: nn.Module, groups: list[list[int]], init: str = "first"
                     p = nn.Parameter(avg.to(p.dtype), requires_grad=p.requires_grad)
                 for m in mods:
                     m[mname]._parameters[pname] = p
-        for i in group[1:]:  # declare the aliases so transformers' save_pretrained (Trainer checkpoints) keeps one
-            names = [n for n, _ in layers[i].named_parameters(remove_duplicate=False)]
-            layers[i]._tied_weights_keys = {n: n for n in names}
+        for i in group[1:]:
+            # declare the aliases so transformers' save_pretrained (Trainer checkpoints) keeps one copy: a regex
+            # over every parameter under the layer (also after later ops rename them, e.g. factorize); a
+            # pattern that matches too much is harmless, save_pretrained always keeps one name per tensor
+            layers[i]._tied_weights_keys = {".*": ".*"}
 
 
 def share_layers(model: nn.Module, groups: list[list[int]], init: Init = "first") -> nn.Module:
