@@ -203,3 +203,20 @@ def test_recipe_file_parses():
     for name in ("factorize_distill.yaml", "share_distill.yaml"):
         steps = read_recipe(root / "recipes" / name).parsed_steps()
         assert steps[-1].step == "distill"
+
+
+def test_distilbert_factorize_share_reload(tokenizer, tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from slimformer.share import share_layers
+
+    torch.manual_seed(0)
+    m = DistilBertForSequenceClassification(DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4,
+                                                             max_position_embeddings=160)).eval()
+    factorize_embeddings(m, 8)
+    share_layers(m, [[0, 1]])
+    ranks, _ = choose_ranks(m, Factorize(ratio=0.5))
+    factorize_linears(m, ranks)
+    assert len(ranks) == 12 and all(".attention." in n or ".ffn." in n for n in ranks)
+    models.save(m, tokenizer, tmp_path / "m")
+    torch.testing.assert_close(fresh_process_logits(tmp_path / "m"), logits(m, tokenizer), atol=1e-6, rtol=0)
