@@ -105,9 +105,10 @@ def main() -> None:
 
     if "emb" in sections:
         made = {}
+        s2 = torch.linalg.svdvals(teach.bert.embeddings.word_embeddings.weight.detach().double()) ** 2
         for e in (256, 128, 64):
             m = factorize_embeddings(copy.deepcopy(teach), e)
-            variant("embeddings", f"E={e}", m, {"E": e})
+            variant("embeddings", f"E={e}", m, {"E": e, "energy_kept": round(float(s2[:e].sum() / s2.sum()), 4)})
             made[f"E={e}"] = m
         latency("embeddings", made)
         del made
