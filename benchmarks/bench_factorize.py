@@ -25,6 +25,7 @@ from common import CACHE, print_table, task, teacher, write_result
 import torch
 
 ROWS: list[dict[str, Any]] = []
+RECOVERY_S: list[float] = []
 
 
 def main() -> None:
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=64, help="truncation for recovery training")
     ap.add_argument("--sections", default="emb,svd,share")
     ap.add_argument("--latency-budget", type=float, default=5.0, help="seconds of timing per model and batch")
+    ap.add_argument("--stop-at", default=None, help="UTC HH:MM: skip recoveries that would end after it "
+                    "(rows then carry accuracy before recovery only, marked recovery_skipped)")
     args = ap.parse_args()
 
     from slimformer.bench import compare_latency, saved_size
@@ -73,16 +76,31 @@ def main() -> None:
                 do_recover: bool = True) -> dict[str, Any]:
         row = {"section": section, "name": name, "params": num_params(model), "size_mb": saved_size(model) / 1e6,
                f"{metric}_before": acc(model), **(extra or {})}
-        if do_recover:
+        if do_recover and time_left() < 1.5 * max(RECOVERY_S or [120.0]):
+            row["recovery_skipped"] = "time limit (--stop-at)"
+        elif do_recover:
+            t0 = time.perf_counter()
             row.update(recover(model, name.replace(" ", "_")))
             row[f"{metric}_after"] = acc(model)
+            RECOVERY_S.append(time.perf_counter() - t0)
         row["drop_pt"] = round(100 * (teacher_acc - row.get(f"{metric}_after", row[f"{metric}_before"])), 2)
         print(row, flush=True)
         ROWS.append(row)
+        save(LAT, t0_all, args)
         return row
+
+    def time_left() -> float:
+        if not args.stop_at:
+            return float("inf")
+        now = time.gmtime()
+        hh, mm = (int(x) for x in args.stop_at.split(":"))
+        return (hh * 60 + mm) * 60 - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec)
 
     def latency(section: str, models: dict[str, Any]) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
+        if time_left() < 90:
+            print(f"{section}: latency skipped (--stop-at)", flush=True)
+            return out
         for b in (1, 32):
             lat = compare_latency({"teacher": teach, **models}, tok, batch=b, seq_len=128, n_threads=2,
                                   budget_s=args.latency_budget)
@@ -103,41 +121,42 @@ def main() -> None:
                  "size_mb": saved_size(teach) / 1e6, f"{metric}_before": teacher_acc, "drop_pt": 0.0})
     sections = args.sections.split(",")
 
+    # each section: build the variants, time them (latency does not change with recovery), then evaluate
+    # before and after recovery; the most important variant of each section first
     if "emb" in sections:
-        made = {}
         s2 = torch.linalg.svdvals(teach.bert.embeddings.word_embeddings.weight.detach().double()) ** 2
-        for e in (256, 128, 64):
-            m = factorize_embeddings(copy.deepcopy(teach), e)
-            variant("embeddings", f"E={e}", m, {"E": e, "energy_kept": round(float(s2[:e].sum() / s2.sum()), 4)})
-            made[f"E={e}"] = m
+        made = {f"E={e}": factorize_embeddings(copy.deepcopy(teach), e) for e in (128, 256, 64)}
         latency("embeddings", made)
+        for name, m in made.items():
+            e = int(name[2:])
+            variant("embeddings", name, m, {"E": e, "energy_kept": round(float(s2[:e].sum() / s2.sum()), 4)})
         del made
 
     if "svd" in sections:
-        made = {}
+        made, info = {}, {}
         for ratio in (0.75, 0.5):
             m = copy.deepcopy(teach)
             ranks, skipped = choose_ranks(m, Factorize(ratio=ratio))
-            factorize_linears(m, ranks)
-            variant("svd", f"SVD {int(ratio * 100)}%", m, {"ranks": sorted(set(ranks.values())),
-                                                           "skipped": len(skipped)})
-            made[f"SVD {int(ratio * 100)}%"] = m
+            made[f"SVD {int(ratio * 100)}%"] = factorize_linears(m, ranks)
+            info[f"SVD {int(ratio * 100)}%"] = {"ranks": sorted(set(ranks.values())), "skipped": len(skipped)}
+        latency("svd", made)
         m = copy.deepcopy(teach)
         ranks, skipped = choose_ranks(m, Factorize(ratio=0.5, allocation="spectrum"))
         factorize_linears(m, ranks)
         variant("svd", "SVD 50% spectrum allocation", m,
                 {"ranks": [min(ranks.values()), max(ranks.values())], "skipped": len(skipped)}, do_recover=False)
-        latency("svd", made)
+        for name, m in made.items():
+            variant("svd", name, m, info[name])
         del made
 
     if "share" in sections:
         made = {}
         for k in (2, 6):
             m = copy.deepcopy(teach)
-            share_layers(m, [list(range(i, i + k)) for i in range(0, 6, k)], "first")
-            variant("share", f"share groups of {k}", m, {"groups": 6 // k})
-            made[f"share {k}"] = m
+            made[f"share groups of {k}"] = share_layers(m, [list(range(i, i + k)) for i in range(0, 6, k)], "first")
         latency("share", made)
+        for name, m in made.items():
+            variant("share", name, m, {"groups": 6 // int(name.split()[-1])})
         del made
 
     save(LAT, t0_all, args, final=True)
