@@ -86,6 +86,6 @@ def test_onnxruntime_dynamic_and_static_reload(setup, tmp_path):
     save_onnx_dir(q, tok, tmp_path / "ort-dir")
     fwd, tok2 = load_onnx_dir(tmp_path / "ort-dir")
     assert torch.allclose(fwd(dict(tok2(TEXTS, padding=True, return_tensors="pt"))), _logits(q, tok), atol=1e-6)
-    batches = calibration_batches(tok, toy_task(), 16, 32)
+    batches = calibration_batches(tok, toy_task(), 16, 32, batch_size=8)  # two batches of different lengths
     s = quantize_static(copy.deepcopy(model), batches, QuantizeStatic(backend="onnxruntime", method="percentile"), tok)
     _roundtrip(s, tok, tmp_path / "ort-static")

@@ -32,6 +32,8 @@ class QuantizeDynamic(QuantStep):
     backend: Backend = Field("auto", description="auto (time both here, keep the faster), torch (fbgemm) or "
                                                  "onnxruntime")
     embeddings: bool = Field(True, description="store the word embeddings as int8")
+    fuse: bool = Field(True, description="onnxruntime: fuse SkipLayerNorm/BiasGelu in the float graph before "
+                                         "quantizing (ORT's advice for transformers)")
 
 
 def _torch(model: nn.Module, names: list[str], cfg: QuantizeDynamic) -> nn.Module:
@@ -55,12 +57,12 @@ def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, token
     if cfg.backend == "torch":
         return _torch(model, names, cfg)
     if cfg.backend == "onnxruntime":
-        return quantize_onnx(model, tokenizer, names, mode="dynamic", embeddings=cfg.embeddings)
+        return quantize_onnx(model, tokenizer, names, mode="dynamic", embeddings=cfg.embeddings, optimize=cfg.fuse)
     cands = {"torch": _torch(copy.deepcopy(model), names, cfg)}
     error = None
     try:
         cands["onnxruntime"] = quantize_onnx(copy.deepcopy(model), tokenizer, names, mode="dynamic",
-                                             embeddings=cfg.embeddings)
+                                             embeddings=cfg.embeddings, optimize=cfg.fuse)
     except (SlimformerError, ImportError) as e:  # export not possible: fbgemm is the fallback
         error = str(e)
     best, report = choose_backend(model, cands, tokenizer)

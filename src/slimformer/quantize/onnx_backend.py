@@ -127,10 +127,16 @@ def excluded_nodes(onnx_model: Any, torch_model: nn.Module, quantize: Iterable[s
 
 
 class _Reader:
-    """CalibrationDataReader over padded calibration batches (int64 numpy feeds)."""
+    """CalibrationDataReader over calibration batches, all padded (with 0, attention mask 0) to one length:
+    ORT's histogram calibrators stack the activations of all batches."""
 
     def __init__(self, batches: list[dict[str, torch.Tensor]], input_names: Sequence[str]):
-        self.feeds = [{k: v.numpy().astype(np.int64) for k, v in b.items() if k in input_names} for b in batches]
+        length = max(v.shape[1] for b in batches for k, v in b.items() if k in input_names)
+
+        def pad(v: torch.Tensor) -> np.ndarray:
+            return np.pad(v.numpy().astype(np.int64), ((0, 0), (0, length - v.shape[1])))
+
+        self.feeds = [{k: pad(v) for k, v in b.items() if k in input_names} for b in batches]
         self.i = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -145,9 +151,11 @@ class _Reader:
 
 def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode: str = "dynamic",
                   calib_batches: list[dict[str, torch.Tensor]] | None = None, method: str = "minmax",
-                  percentile: float = 99.99, per_channel: bool = True, embeddings: bool = True) -> nn.Module:
+                  percentile: float = 99.99, per_channel: bool = True, embeddings: bool = True,
+                  optimize: bool = False) -> nn.Module:
     """Export model to ONNX and quantize the MatMuls of `modules` (and, with `embeddings`, the embedding
-    Gathers: 8-bit weights) with ORT; returns the wrapped module."""
+    Gathers: 8-bit weights) with ORT; returns the wrapped module. `optimize` first runs ORT's transformer
+    optimizer (SkipLayerNorm / BiasGelu fusion) on the float graph, as ORT recommends before quantizing."""
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
@@ -158,6 +166,8 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
         fp = Path(d) / "fp32.onnx"
         qp = Path(d) / "int8.onnx"
         res = to_onnx(model, tokenizer, fp, seq_len=16)
+        if optimize:
+            _optimize(fp)
         exclude = excluded_nodes(onnx.load(str(fp)), model, modules)
         ops = ["MatMul", "Gemm"] + (["Gather"] if embeddings else [])
         if mode == "dynamic":
@@ -176,8 +186,25 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
                             extra_options={"MatMulConstBOnly": True, "CalibPercentile": percentile,
                                            "CalibMovingAverage": False})
         info = {"mode": mode, "method": method if mode == "static" else None, "per_channel": per_channel,
-                "quantized_modules": len(modules), "embeddings": embeddings}
+                "quantized_modules": len(modules), "embeddings": embeddings, "optimized": optimize}
         return wrap_onnx(model, qp, res["inputs"], info)
+
+
+def _optimize(path: Path) -> None:
+    """ORT transformer graph fusions (in place); attention is left alone (the exported mask path differs)."""
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the optimizer logs every pattern it did not find
+    try:
+        opt = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        opt.save_model_to_file(str(path))
+    except Exception as e:  # an unfamiliar graph: quantize it unfused
+        logging.getLogger("slimformer.quantize").info("ORT fusion skipped: %s", e)
+    finally:
+        logging.getLogger().setLevel(level)
 
 
 def save_onnx_dir(model: nn.Module, tokenizer: Any, out: str | Path) -> Path:
