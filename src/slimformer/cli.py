@@ -174,7 +174,7 @@ def steps() -> None:
         cfg_cls = REGISTRY[name][0]
         console.print(f"[bold]{name}[/bold]: {(cfg_cls.__doc__ or '').strip().splitlines()[0]}")
         for fname, f in cfg_cls.model_fields.items():
-            default = "required" if f.is_required() else repr(f.default)
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             console.print(f"    {fname}: {default}  {f.description or ''}")
 
 
