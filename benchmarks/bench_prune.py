@@ -264,7 +264,23 @@ def part_layers(teacher_model: Any, tok: Any, t: Any, base_acc: float) -> dict[s
     return {"teacher_acc": base_acc, "rows": rows, "latency": lat}
 
 
-PARTS = {"curve": part_curve, "target": part_target, "peer": part_peer, "layers": part_layers}
+def part_ablation(teacher_model: Any, tok: Any, t: Any, base_acc: float) -> dict[str, Any]:
+    """Per-layer L2 normalisation of the scores on/off: one-shot 50% of heads or of FFN, global, no recovery."""
+    import slimformer as sf
+    from slimformer.models.io import clone
+
+    rows = []
+    for unit, cls, fn in (("heads", sf.PruneHeads, sf.prune_heads), ("ffn", sf.PruneFFN, sf.prune_ffn)):
+        for normalize in (True, False):
+            m = clone(teacher_model)
+            cfg = cls(keep=0.5, normalize=normalize, importance_examples=SETTINGS["importance_examples"])
+            m, _ = fn(m, cfg, tok, t, seed=SETTINGS["seed"], max_len=SETTINGS["train_max_len"])
+            rows.append({"model": f"{unit} 50% normalize={normalize}", "acc_pruned": accuracy(m, tok, t), **shape(m)})
+            print(rows[-1], flush=True)
+    return {"teacher_acc": base_acc, "rows": rows}
+
+
+PARTS = {"ablation": part_ablation, "curve": part_curve, "target": part_target, "peer": part_peer, "layers": part_layers}
 
 
 def main(parts: list[str]) -> None:
@@ -312,7 +328,7 @@ def markdown() -> str:
             out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
         out.append("")
 
-    for part in ("curve", "target", "peer", "layers"):
+    for part in ("target", "peer", "curve", "layers", "ablation"):
         if part not in d:
             continue
         out.append(f"## {part} ({d[part].get('part_wall_s')} s)")
@@ -327,6 +343,8 @@ def markdown() -> str:
                                                      "distill_s", "targets", "latency", "ms_saved_by_kind_b32",
                                                      "shape")}, indent=1))
             out.append(json.dumps(p["profile_b32"], indent=1))
+        elif part == "ablation":
+            table(p["rows"], ["model", "acc_pruned", "heads_per_layer", "ffn_per_layer"])
         elif part == "peer":
             table(p["rows"], ["model", "params", "acc_pruned", "acc_recovered", "b1_ms", "b32_ms", "speedup_b32",
                               "heads_per_layer", "ffn_per_layer", "reload_max_abs_diff"])

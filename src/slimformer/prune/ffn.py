@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..errors import check
@@ -26,6 +27,8 @@ class PruneFFN(StructuredPrune):
 
     step: ClassVar[str] = "prune_ffn"
     unit: ClassVar[str] = "ffn"
+    normalize: bool = Field(False, description="divide each layer's scores by their L2 norm (off: neurons of "
+                            "all layers compete on raw gate sensitivity, as in McCarley et al. / TextPruner)")
 
 
 @register_op("keep_ffn")
