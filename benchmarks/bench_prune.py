@@ -109,20 +109,20 @@ def part_curve(teacher_model: Any, tok: Any, t: Any, base_acc: float) -> dict[st
     return {"rows": [teacher_row] + rows}
 
 
-def prune_target(teacher_model: Any, tok: Any, t: Any) -> tuple[Any, dict[str, Any]]:
+def prune_target(teacher_model: Any, tok: Any, t: Any, normalize_heads: bool = True) -> tuple[Any, dict[str, Any]]:
     """50% of heads and 50% of FFN neurons, gradient importance, global, iterative; cached for the peer part."""
     import slimformer as sf
     from slimformer import models
     from slimformer.models.io import clone
 
-    cached = WORK / "sf-50-50-pruned"
+    cached = WORK / ("sf-50-50-pruned" if normalize_heads else "sf-50-50-pruned-rawheads")
     if (cached / "model.safetensors").exists():
         m, _ = models.load(str(cached))
         return m, json.loads((cached / "prune_info.json").read_text())
     m = clone(teacher_model)
     kw = dict(keep=0.5, rounds=SETTINGS["target_rounds"], importance_examples=SETTINGS["importance_examples"])
     t0 = time.perf_counter()
-    m, hi = sf.prune_heads(m, sf.PruneHeads(**kw), tok, t, seed=SETTINGS["seed"], max_len=SETTINGS["train_max_len"])
+    m, hi = sf.prune_heads(m, sf.PruneHeads(normalize=normalize_heads, **kw), tok, t, seed=SETTINGS["seed"], max_len=SETTINGS["train_max_len"])
     m, fi = sf.prune_ffn(m, sf.PruneFFN(**kw), tok, t, seed=SETTINGS["seed"], max_len=SETTINGS["train_max_len"])
     info = {"prune_s": round(time.perf_counter() - t0, 1), "heads": hi["rounds"], "ffn": fi["rounds"]}
     models.save(m, tok, cached)
@@ -219,8 +219,11 @@ def part_peer(teacher_model: Any, tok: Any, t: Any, base_acc: float) -> dict[str
     from common import teacher_dir
 
     sf_model, _ = prune_target(teacher_model, tok, t)
-    cands: dict[str, Any] = {"slimformer": sf_model}
-    rows: dict[str, dict[str, Any]] = {"slimformer": {"prune": "gradient gates, global, 3 rounds"}}
+    raw_model, _ = prune_target(teacher_model, tok, t, normalize_heads=False)
+    cands: dict[str, Any] = {"slimformer": sf_model, "slimformer (raw head scores)": raw_model}
+    rows: dict[str, dict[str, Any]] = {
+        "slimformer": {"prune": f"gradient gates, global, {SETTINGS['target_rounds']} rounds, heads normalised"},
+        "slimformer (raw head scores)": {"prune": f"gradient gates, global, {SETTINGS['target_rounds']} rounds"}}
     for even in (False, True):
         name = f"textpruner ({'even' if even else 'global'} masking)"
         t0 = time.perf_counter()
@@ -236,7 +239,7 @@ def part_peer(teacher_model: Any, tok: Any, t: Any, base_acc: float) -> dict[str
     lat = latencies({"teacher": teacher_model, **cands}, tok)
     for name, m in cands.items():
         m = clone(m)
-        rows[name]["recovery_s"] = recover(m, tok, t, f"peer-{name.split()[0]}-{len(name)}")
+        rows[name]["recovery_s"] = recover(m, tok, t, f"peer-{name.split()[0]}-{len(name)}-{len(rows[name])}")
         rows[name]["acc_recovered"] = accuracy(m, tok, t)
         rows[name].update(lat[name])
     return {"teacher_acc": base_acc, "teacher_latency": lat["teacher"],
