@@ -107,3 +107,11 @@ def test_interrupted_recipe_resumes_after_last_finished_step(tiny_bert, tokenize
 def test_parse_step_accepts_config_objects_and_names():
     assert parse_step(sf.DropLayers(keep=2), 0).keep == 2
     assert parse_step("finetune", 0).epochs == 1.0
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    recipe = read_recipe(path)
+    assert recipe.parsed_steps()
+    assert recipe.data is None or "shared/data" in recipe.data  # relative to the recipe file, resolved
