@@ -75,7 +75,13 @@ def main() -> None:
     def variant(section: str, name: str, model: Any, extra: dict[str, Any] | None = None,
                 do_recover: bool = True) -> dict[str, Any]:
         row = {"section": section, "name": name, "params": num_params(model), "size_mb": saved_size(model) / 1e6,
-               f"{metric}_before": acc(model), **(extra or {})}
+               **(extra or {})}
+        if time_left() < 0:  # past --stop-at: parameters and size only
+            row["not_evaluated"] = "time limit (--stop-at)"
+            ROWS.append(row)
+            save(LAT, t0_all, args)
+            return row
+        row[f"{metric}_before"] = acc(model)
         if do_recover and time_left() < 1.5 * max(RECOVERY_S or [120.0]):
             row["recovery_skipped"] = "time limit (--stop-at)"
         elif do_recover:
