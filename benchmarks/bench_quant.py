@@ -146,13 +146,15 @@ def measure(cands: dict[str, tuple[Any, int, str]], tok: Any, t: Any, args: argp
     rows = []
     for name, (m, size, how) in cands.items():
         s = time.perf_counter()
-        with torch.inference_mode():
-            metrics = evaluate_task(m, tok, t, "dev", 128, args.max_examples)
+        metrics = {t.main_metric: float("nan")}
+        if not args.latency_only:
+            with torch.inference_mode():
+                metrics = evaluate_task(m, tok, t, "dev", 128, args.max_examples)
         print(f"{name}: {metrics} ({time.perf_counter() - s:.0f}s)", flush=True)
         rows.append({"method": name, **{k: round(100 * v, 2) for k, v in metrics.items()},
                      "size_mb": round(size / 1e6, 2), "size_from": how})
     models = {k: v[0] for k, v in cands.items()}
-    lat1 = compare_latency(models, tok, 1, 128, args.threads, budget_s=args.budget)
+    lat1 = compare_latency(models, tok, 1, 128, args.threads, warmup=3, runs=args.b1_runs, budget_s=args.budget)
     lat32 = compare_latency(models, tok, 32, 128, args.threads, runs=args.b32_runs)
     base = rows[0]
     for r in rows:
@@ -168,6 +170,31 @@ def measure(cands: dict[str, tuple[Any, int, str]], tok: Any, t: Any, args: argp
     return rows
 
 
+def blocked_latency(models: dict[str, Any], tok: Any, batch: int, threads: int, rounds: int = 4, block: int = 8
+                    ) -> dict[str, dict[str, float]]:
+    """Median latency per candidate measured in blocks of `block` consecutive calls, the blocks of all candidates
+    rotated `rounds` times in one process. Consecutive calls keep torch's OpenMP and ORT's spinning thread pools
+    from stealing the 2 cores from each other (which per-call round robin suffers from); the first call of each
+    block is dropped."""
+    import statistics
+
+    from slimformer.bench import as_forward, threads as fix_threads
+    from slimformer.data import dummy_inputs
+
+    inputs = dummy_inputs(tok, batch, 128)
+    fwds = {k: as_forward(v) for k, v in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in fwds}
+    with fix_threads(threads):
+        for _ in range(rounds):
+            for k, f in fwds.items():
+                f(inputs)
+                for _ in range(block):
+                    t = time.perf_counter()
+                    f(inputs)
+                    times[k].append(1000 * (time.perf_counter() - t))
+    return {k: {"median_ms": statistics.median(v), "runs": len(v)} for k, v in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--task", default="sst2")
@@ -178,6 +205,9 @@ def main() -> None:
     p.add_argument("--max-examples", type=int, default=None, help="dry run: evaluate on N dev examples")
     p.add_argument("--b32-runs", type=int, default=3)
     p.add_argument("--budget", type=float, default=25.0, help="seconds for the batch-1 round robin")
+    p.add_argument("--b1-runs", type=int, default=None, help="batch-1 rounds (default: from --budget)")
+    p.add_argument("--latency-only", action="store_true",
+                   help="no dev evaluation; one candidate per distinct kernel path; writes quant_latency_<task>")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from slimformer.quantize.advice import int8_advice
@@ -195,7 +225,9 @@ def main() -> None:
         builders.update(side_builders(fp, tok, scratch))
     if "methods" in parts:
         builders.update(method_builders(fp, tok, calib, info))
-    if args.qat:
+    if args.latency_only:  # same kernels as a kept one: other calibrations, GPTQ (RTN), 8-bit weights, QAT
+        builders = {k: v for k, v in builders.items() if k not in SAME_KERNELS}
+    if args.qat and not args.latency_only:
         builders["QAT int8 (distilled, 1 epoch on 2k)"] = qat_builder(fp, tok, t, args, info)
     cands: dict[str, tuple[Any, int, str]] = {FP32: (fp, size_of(fp, tok), "safetensors")}
     build_s: dict[str, float] = {}
@@ -219,6 +251,17 @@ def main() -> None:
     title = f"MiniLM {args.task} dev, seq 128, {args.threads} threads"
     common = {"task": args.task, "seq_len": 128, "threads": args.threads, "max_examples": args.max_examples,
               "total_s": round(time.perf_counter() - start, 1), **info}
+    if args.latency_only:
+        models = {k: v[0] for k, v in cands.items()}
+        for b, rounds, block in ((1, 4, 10), (32, 2, 2)):
+            lat = blocked_latency(models, tok, b, args.threads, rounds, block)
+            for r in rows:
+                r[f"b{b}_blocked_ms"] = round(lat[r["method"]]["median_ms"], 2)
+                r[f"b{b}_blocked_speedup"] = round(lat[FP32]["median_ms"] / lat[r["method"]]["median_ms"], 2)
+                r[f"b{b}_blocked_runs"] = lat[r["method"]]["runs"]
+        print_table(rows, f"Latency only, {title}")
+        write_result(f"quant_latency_{args.task}", {**common, "rows": rows})
+        return
     if len(side) > 1:
         print_table(side, f"Dynamic INT8 side by side, {title}")
         write_result(f"quant_side_by_side_{args.task}", {**common, "rows": side})
@@ -232,6 +275,9 @@ SIDE = {"slimformer dynamic (default: auto)", "slimformer dynamic (torch fbgemm)
         "slimformer dynamic (onnxruntime, unfused)",
         "torch.ao quantize_dynamic", "ORT fp32 (reference)", "ORT quantize_dynamic (defaults)",
         "torchao Int8DynActInt8W (eager)"}
+
+SAME_KERNELS = {"static int8 minmax (torch)", "static int8 entropy (torch)", "weights 8-bit per-row RTN",
+                "weights 4-bit g128 GPTQ"}
 
 if __name__ == "__main__":
     main()
