@@ -100,7 +100,8 @@ def per_layer_table(model: nn.Module, pick: dict[str, str]) -> dict[str, str]:
         att, ffn = adapter.attention(layer), adapter.ffn(layer)
         parts = [("q", att.query), ("k", att.key), ("v", att.value), ("o", att.output), ("up", ffn.up),
                  ("down", ffn.down)]
-        out[f"layer {i}"] = " ".join(f"{k}{SHORT.get(pick.get(names.get(id(m), ''), ''), '-')}" for k, m in parts)
+        bits = [SHORT.get(pick.get(names.get(id(m), ""), ""), "-") for _, m in parts]
+        out[f"layer {i}"] = " ".join(f"{k}{b}" for (k, _), b in zip(parts, bits))
     return out
 
 
