@@ -109,13 +109,13 @@ def part_curve(teacher_model: Any, tok: Any, t: Any, base_acc: float) -> dict[st
     return {"rows": [teacher_row] + rows}
 
 
-def prune_target(teacher_model: Any, tok: Any, t: Any, normalize_heads: bool = True) -> tuple[Any, dict[str, Any]]:
+def prune_target(teacher_model: Any, tok: Any, t: Any, normalize_heads: bool = False) -> tuple[Any, dict[str, Any]]:
     """50% of heads and 50% of FFN neurons, gradient importance, global, iterative; cached for the peer part."""
     import slimformer as sf
     from slimformer import models
     from slimformer.models.io import clone
 
-    cached = WORK / ("sf-50-50-pruned" if normalize_heads else "sf-50-50-pruned-rawheads")
+    cached = WORK / ("sf-50-50-pruned-normheads" if normalize_heads else "sf-50-50-pruned")
     if (cached / "model.safetensors").exists():
         m, _ = models.load(str(cached))
         return m, json.loads((cached / "prune_info.json").read_text())
@@ -219,11 +219,12 @@ def part_peer(teacher_model: Any, tok: Any, t: Any, base_acc: float) -> dict[str
     from common import teacher_dir
 
     sf_model, _ = prune_target(teacher_model, tok, t)
-    raw_model, _ = prune_target(teacher_model, tok, t, normalize_heads=False)
-    cands: dict[str, Any] = {"slimformer": sf_model, "slimformer (raw head scores)": raw_model}
+    norm_model, _ = prune_target(teacher_model, tok, t, normalize_heads=True)
+    cands: dict[str, Any] = {"slimformer": sf_model, "slimformer (head scores normalised)": norm_model}
     rows: dict[str, dict[str, Any]] = {
-        "slimformer": {"prune": f"gradient gates, global, {SETTINGS['target_rounds']} rounds, heads normalised"},
-        "slimformer (raw head scores)": {"prune": f"gradient gates, global, {SETTINGS['target_rounds']} rounds"}}
+        "slimformer": {"prune": f"gradient gates, global, {SETTINGS['target_rounds']} rounds, raw scores"},
+        "slimformer (head scores normalised)": {"prune": f"gradient gates, global, {SETTINGS['target_rounds']} "
+                                                         "rounds, heads normalised per layer"}}
     for even in (False, True):
         name = f"textpruner ({'even' if even else 'global'} masking)"
         t0 = time.perf_counter()

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..errors import check
@@ -27,8 +26,6 @@ class PruneFFN(StructuredPrune):
 
     step: ClassVar[str] = "prune_ffn"
     unit: ClassVar[str] = "ffn"
-    normalize: bool = Field(False, description="divide each layer's scores by their L2 norm (off: neurons of "
-                            "all layers compete on raw gate sensitivity, as in McCarley et al. / TextPruner)")
 
 
 @register_op("keep_ffn")

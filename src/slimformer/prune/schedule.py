@@ -36,7 +36,8 @@ class StructuredPrune(StepConfig):
     recovery_lr: float = Field(5e-5, gt=0)
     importance_examples: int = Field(512, ge=1, description="train examples scored for gradient importance")
     batch_size: int = Field(32, ge=1)
-    normalize: bool = Field(True, description="divide each layer's scores by their L2 norm (Michel et al., heads)")
+    normalize: bool = Field(False, description="divide each layer's scores by their L2 norm first (Michel et al.); "
+                            "off: units of all layers compete on raw gate sensitivity")
     min_per_layer: int = Field(1, ge=1, description="global scope: units every layer keeps at least")
 
     @property
