@@ -40,6 +40,7 @@ def test_prune_distill_quantize_chain_reloads(tiny_bert, tokenizer, tiny_task, t
     assert [r["step"].split()[0] for r in rows[1:]] == ["prune_heads", "prune_ffn", "distill", "quantize_dynamic"]
     assert rows[1]["params"] < rows[0]["params"] and rows[2]["params"] < rows[1]["params"]
     assert rows[4]["size_bytes"] < rows[3]["size_bytes"]  # int8 weights on disk
+    assert rows[4]["params"] >= rows[3]["params"]  # quantization keeps every weight, in fewer bits (+ scales)
     final, tok = models.load(str(tmp_path / "out"))
     torch.testing.assert_close(fresh_process_logits(tmp_path / "out"), logits(final, tok), atol=1e-5, rtol=0)
 

@@ -133,7 +133,10 @@ def clone(model: nn.Module) -> nn.Module:
 
 
 def num_params(model: nn.Module) -> int:
-    """Parameters counted once even when shared between modules."""
+    """Parameters counted once even when shared between modules (a model whose weights moved into an ONNX
+    graph reports the count it had when they moved)."""
+    if isinstance(getattr(model, "slimformer_num_params", None), int):
+        return model.slimformer_num_params
     seen: set[int] = set()
     total = 0
     for p in model.parameters():

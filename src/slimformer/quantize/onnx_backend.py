@@ -75,10 +75,14 @@ def _ort_forward(self: nn.Module, input_ids: torch.Tensor | None = None, attenti
 
 @register_op("onnxruntime_graph")
 def _onnxruntime_graph(model: nn.Module, nbytes: int, input_names: list[str]) -> None:
+    from ..models.io import num_params
+
+    params = num_params(model)  # the weights now live in the graph: keep their count for reports
     for name in [n for n, _ in model.named_children()]:
         delattr(model, name)
     model.ort = OrtGraph(nbytes, input_names)
     model.forward = types.MethodType(_ort_forward, model)
+    model.slimformer_num_params = params
 
 
 def wrap_onnx(model: nn.Module, onnx_path: str | Path, input_names: Sequence[str], info: dict[str, Any]) -> nn.Module:
