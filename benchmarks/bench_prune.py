@@ -321,7 +321,7 @@ def main(parts: list[str]) -> None:
 
 
 def markdown() -> str:
-    """Tables for docs/bench/prune.md from benchmarks/results/prune_sst2.json."""
+    """Tables for docs/BENCHMARKS.md (section 2) from benchmarks/results/prune_sst2.json."""
     d = json.loads((RESULTS / f"{NAME}.json").read_text())
     out = [f"teacher dev accuracy: {d['teacher_acc']}"]
 
