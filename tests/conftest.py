@@ -47,3 +47,13 @@ def batch(tokenizer):
     enc = tokenizer(["a fine film , well acted", "dull and far too long to sit through", "ok"],
                     padding=True, return_tensors="pt")
     return dict(enc)
+
+
+def write_tiny_sst2(folder, n: int = 40):
+    """A learnable SST-2-format task (train = dev = test) of n lines in folder; returns the loaded TaskData."""
+    from slimformer import tasks
+
+    rows = "\n".join(f"{i % 2} {'good great fine' if i % 2 else 'bad awful dull'} film number {i}" for i in range(n))
+    for split in ("train", "dev", "test"):
+        (folder / f"stsa.binary.{split}").write_text(rows + "\n")
+    return tasks.load("sst2", folder)

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import slimformer as sf
-from slimformer import models, tasks
+from slimformer import models
 from slimformer.errors import SlimformerError
 from slimformer.recipe import EvalSettings, compress, read_recipe
 from slimformer.steps import REGISTRY, Context, StepConfig, implements, parse_step
 
+from conftest import write_tiny_sst2
 from helpers import fresh_process_logits, logits
 
 FAST = EvalSettings(max_examples=16, latency_budget_s=0.05, seq_len=16, batches=[1, 4])
@@ -20,10 +21,7 @@ FAST = EvalSettings(max_examples=16, latency_budget_s=0.05, seq_len=16, batches=
 
 @pytest.fixture
 def tiny_task(tmp_path):
-    rows = "\n".join(f"{i % 2} {'good great fine' if i % 2 else 'bad awful dull'} film number {i}" for i in range(40))
-    for split in ("train", "dev", "test"):
-        (tmp_path / f"stsa.binary.{split}").write_text(rows + "\n")
-    return tasks.load("sst2", tmp_path)
+    return write_tiny_sst2(tmp_path)
 
 
 @pytest.mark.parametrize("text,pattern", [
