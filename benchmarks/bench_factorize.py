@@ -35,7 +35,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--max-len", type=int, default=64, help="truncation for recovery training")
-    ap.add_argument("--sections", default="emb,svd,share")
+    ap.add_argument("--sections", default="emb,svd,share",
+                    help="comma list of emb, embw (token-weighted embedding SVD vs plain at E=128), svd, share")
+    ap.add_argument("--powers", default="0.5", help="embw: weighting powers to evaluate; the first is recovered")
+    ap.add_argument("--out", default=None, help="result name (default factorize_<task>)")
     ap.add_argument("--latency-budget", type=float, default=5.0, help="seconds of timing per model and batch")
     ap.add_argument("--stop-at", default=None, help="UTC HH:MM: skip recoveries that would end after it "
                     "(rows then carry accuracy before recovery only, marked recovery_skipped)")
@@ -45,6 +48,7 @@ def main() -> None:
     from slimformer.distill import Distill, distill
     from slimformer.evaluate import evaluate_task
     from slimformer.factorize import Factorize, choose_ranks, factorize_embeddings, factorize_linears
+    from slimformer.factorize.embeddings import token_weights
     from slimformer.models import num_params
     from slimformer.share import share_layers
 
@@ -138,6 +142,20 @@ def main() -> None:
             variant("embeddings", name, m, {"E": e, "energy_kept": round(float(s2[:e].sum() / s2.sum()), 4)})
         del made
 
+    if "embw" in sections:  # plain vs token-weighted SVD at E = 128, the same recovery budget for both
+        v = teach.bert.embeddings.word_embeddings.weight.shape[0]
+        texts = [e.text for e in t.split("train")[:20000]] + [e.text_pair for e in t.split("train")[:20000]
+                                                              if e.text_pair]
+        powers = [float(x) for x in args.powers.split(",")]
+        made = {"E=128 plain SVD": factorize_embeddings(copy.deepcopy(teach), 128)}
+        for pw in powers:
+            made[f"E=128 weighted p={pw:g}"] = factorize_embeddings(copy.deepcopy(teach), 128,
+                                                                    token_weights(tok, texts, v, pw))
+        latency("embeddings_weighted", {k: made[k] for k in list(made)[:2]})
+        for i, (name, m) in enumerate(made.items()):
+            variant("embeddings_weighted", name, m, {"E": 128}, do_recover=i <= 1)
+        del made
+
     if "svd" in sections:
         made, info = {}, {}
         for ratio in (0.75, 0.5):
@@ -176,7 +194,7 @@ def save(lat: dict[str, Any], t0: float, args: Any, final: bool = False) -> None
                 "eval": "SST-2 dev (872), max_len 128", "latency": "seq 128, batch 1 and 32, 2 threads, interleaved",
                 "wall_s": wall}
     clean = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in ROWS]
-    path = write_result(f"factorize_{args.task}", {"settings": settings, "rows": clean, "latency": lat,
+    path = write_result(args.out or f"factorize_{args.task}", {"settings": settings, "rows": clean, "latency": lat,
                                                    "complete": final})
     if final:
         cols = ("name", "params", "size_mb", "accuracy_before", "accuracy_after", "drop_pt")

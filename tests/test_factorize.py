@@ -220,3 +220,55 @@ def test_distilbert_factorize_share_reload(tokenizer, tmp_path):
     assert len(ranks) == 12 and all(".attention." in n or ".ffn." in n for n in ranks)
     models.save(m, tokenizer, tmp_path / "m")
     torch.testing.assert_close(fresh_process_logits(tmp_path / "m"), logits(m, tokenizer), atol=1e-6, rtol=0)
+
+
+def test_token_weighted_svd_favours_weighted_rows():
+    from slimformer.factorize.embeddings import subspace
+
+    torch.manual_seed(0)
+    w = torch.randn(60, 12)
+    emb = nn.Embedding.from_pretrained(w.clone())
+    weights = torch.ones(60)
+    weights[:4] = 1e6  # four "frequent" tokens
+
+    def row_err(mod: FactorizedEmbedding) -> torch.Tensor:
+        with torch.no_grad():
+            return (mod(torch.arange(60)) - w).norm(dim=1)
+
+    plain, weighted = FactorizedEmbedding.from_embedding(emb, 4), FactorizedEmbedding.from_embedding(emb, 4, weights)
+    assert float(row_err(weighted)[:4].max()) < 1e-3 < float(row_err(plain)[:4].max())
+    # uniform weights are the plain SVD; every row is projected onto an orthonormal basis
+    torch.testing.assert_close(row_err(FactorizedEmbedding.from_embedding(emb, 4, torch.full((60,), 3.0))),
+                               row_err(plain), atol=1e-5, rtol=0)
+    basis = subspace(w, 4, weights)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(4, dtype=basis.dtype), atol=1e-9, rtol=0)
+    with pytest.raises(SlimformerError, match="non-negative row weights"):
+        FactorizedEmbedding.from_embedding(emb, 4, -torch.ones(60))
+
+
+def test_token_weights_count_ids(tokenizer):
+    from slimformer.factorize.embeddings import token_weights
+
+    w = token_weights(tokenizer, ["good good film", "bad film"], 30522, power=1.0)
+    good, film = tokenizer.convert_tokens_to_ids(["good", "film"])
+    assert float(w[good]) == 3.0 and float(w[film]) == 3.0 and float(w[tokenizer.cls_token_id]) == 3.0
+    assert float(w.min()) == 1.0  # unseen tokens keep weight (0 + 1) ** power
+
+
+def test_embeddings_step_frequency_weighting(tiny_bert, tokenizer, tmp_path):
+    texts = ["a good film", "a bad film", "good acting", "dull and bad"] * 4
+    task = TaskData("t", ["neg", "pos"], {"train": [Example(t, i % 2) for i, t in enumerate(texts)]})
+    model = tiny_bert(hidden=32)
+    plain = apply_step(tiny_bert(hidden=32), FactorizeEmbeddings(size=8), _ctx(tokenizer, tmp_path))
+    ctx = _ctx(tokenizer, tmp_path, task=task)
+    out = apply_step(model, FactorizeEmbeddings(size=8, weighting="frequency"), ctx)
+    assert ctx.info["weighting"] == "frequency" and ctx.info["counted_tokens_seen"] >= 8
+    assert models.num_params(out) == models.num_params(plain)
+    assert not torch.equal(out.bert.embeddings.word_embeddings.project.weight,
+                           plain.bert.embeddings.word_embeddings.project.weight)
+    ref = logits(out, tokenizer)
+    models.save(out, tokenizer, tmp_path / "m")
+    reloaded, _ = models.load(str(tmp_path / "m"))
+    torch.testing.assert_close(logits(reloaded, tokenizer), ref, atol=1e-6, rtol=0)
+    with pytest.raises(SlimformerError, match="needs task data"):
+        apply_step(tiny_bert(hidden=32), FactorizeEmbeddings(size=8, weighting="frequency"), _ctx(tokenizer, tmp_path))

@@ -1,4 +1,9 @@
-"""ONNX export (torch.export-based exporter) with a parity check in ONNX Runtime, and an ORT runner."""
+"""ONNX export with a parity check in ONNX Runtime, and an ORT runner.
+
+Two exporters: the torch.export-based one (default), and, with `fusable=True`, the TorchScript exporter on
+the model switched to eager attention for the export: its graph is the one ONNX Runtime's transformer
+optimizer recognises (Attention, EmbedLayerNormalization fusions), which is what makes ORT INT8 fast.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -16,10 +21,12 @@ from .errors import SlimformerError
 
 
 def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq_len: int = 16,
-            opset: int = 18, atol: float = 1e-4, check: bool = True) -> dict[str, Any]:
+            opset: int = 18, atol: float = 1e-4, check: bool = True, fusable: bool = False) -> dict[str, Any]:
     """Export model (dynamic batch and sequence length) to a single .onnx file; verify it against torch.
 
-    Returns {"path", "max_abs_diff", "inputs"}. Raises SlimformerError when the outputs differ by more than atol.
+    `fusable` uses the TorchScript exporter with eager attention (a graph ORT's optimizer can fuse; opset
+    17). Returns {"path", "max_abs_diff", "inputs", "exporter"}. Raises SlimformerError when the outputs
+    differ by more than atol.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,17 +40,20 @@ def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(quiet), torch.no_grad():
-            program = torch.onnx.export(
-                model, (), kwargs=sample, input_names=names, output_names=["logits"], opset_version=opset,
-                dynamo=True, dynamic_shapes={k: {0: batch, 1: seq} for k in names}, external_data=False,
-            )
-            program.save(str(tmp))
+            if fusable:
+                _export_torchscript(model, sample, names, tmp, min(opset, 17))
+            else:
+                program = torch.onnx.export(
+                    model, (), kwargs=sample, input_names=names, output_names=["logits"], opset_version=opset,
+                    dynamo=True, dynamic_shapes={k: {0: batch, 1: seq} for k in names}, external_data=False,
+                )
+                program.save(str(tmp))
     except Exception as e:  # the exporter raises many types; the user needs one line
         tmp.unlink(missing_ok=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlimformerError(f"ONNX export failed: {first}") from e
     os.replace(tmp, path)
-    result: dict[str, Any] = {"path": str(path), "inputs": names}
+    result: dict[str, Any] = {"path": str(path), "inputs": names, "exporter": "torchscript" if fusable else "dynamo"}
     if check:
         probe = dummy_inputs(tokenizer, 3, max(seq_len + 5, 8), seed=1)
         probe["attention_mask"][2, 3:] = 0
@@ -55,6 +65,27 @@ def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq
         if diff > atol:
             raise SlimformerError(f"ONNX outputs differ from PyTorch by {diff:.2e} (> {atol:g})")
     return result
+
+
+def _export_torchscript(model: torch.nn.Module, sample: dict[str, torch.Tensor], names: list[str], out: Path,
+                        opset: int) -> None:
+    """TorchScript exporter, attention temporarily switched to the eager implementation (restored after)."""
+    import warnings
+
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switch = before not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    try:
+        if switch:
+            model.set_attn_implementation("eager")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (), str(out), kwargs=sample, input_names=names, output_names=["logits"],
+                              opset_version=opset, dynamo=False,
+                              dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names})
+    finally:
+        if switch:
+            model.set_attn_implementation(before)
 
 
 def _logits(output: Any) -> torch.Tensor:

@@ -1,7 +1,12 @@
 """ALBERT-style factorized token embeddings: the V x H table becomes V x E (Embedding) + E x H (projection).
 
-Built from the trained table by truncated SVD (W = U S V^T: the Embedding holds U_E S_E, the projection
-V_E^T), so at E = H the outputs are unchanged. Installed by the replayable op `factorize_embeddings`.
+Built from the trained table by truncated SVD (W = U S V^T: the Embedding holds U_E S_E = W V_E, the
+projection V_E^T), so at E = H the outputs are unchanged. Installed by the replayable op `factorize_embeddings`.
+
+Token-weighted SVD (`weighting: frequency`): the plain SVD spends the rank equally on all V rows, most of
+which a task never uses. Weighting row i by w_i = (count_i + 1) ** power (counts from the task's train split)
+and taking V_E from the SVD of diag(sqrt(w)) W minimises sum_i w_i ||W_i - W_i V_E V_E^T||^2: the subspace
+is chosen for the tokens the task uses, and every row (seen or not) is still projected onto it (W_i V_E).
 
 Limitations (the factorized module is not an nn.Embedding and has no `.weight`):
 - models whose output layer is tied to the input embeddings (masked-LM heads) are refused;
@@ -12,7 +17,7 @@ Unlike ALBERT, the position and token-type tables stay H wide and the LayerNorm 
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Iterable, Literal
 
 import torch
 from pydantic import model_validator
@@ -39,19 +44,41 @@ class FactorizedEmbedding(nn.Module):
         return self.project(self.embed(input_ids))
 
     @classmethod
-    def from_embedding(cls, emb: nn.Embedding, size: int) -> "FactorizedEmbedding":
+    def from_embedding(cls, emb: nn.Embedding, size: int,
+                       row_weights: torch.Tensor | None = None) -> "FactorizedEmbedding":
         v, h = emb.weight.shape
         check(1 <= size <= min(v, h), f"factorize_embeddings: size {size} is outside 1..{min(v, h)}")
         w = emb.weight.detach()
-        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        basis = subspace(w, size, row_weights)
         mod = cls(v, h, size, emb.padding_idx).to(device=w.device, dtype=w.dtype)
         with torch.no_grad():
-            mod.embed.weight.copy_((u[:, :size] * s[:size]).to(w.dtype))
-            mod.project.weight.copy_(vh[:size].T.to(w.dtype))
+            mod.embed.weight.copy_((w.double() @ basis).to(w.dtype))
+            mod.project.weight.copy_(basis.to(w.dtype))
         return mod
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.size} -> {self.embedding_dim}"
+
+
+def subspace(w: torch.Tensor, size: int, row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """H x size orthonormal basis of the best rank-`size` row space of w (rows weighted by row_weights)."""
+    x = w.detach().double()
+    if row_weights is not None:
+        check(row_weights.shape == (w.shape[0],) and bool((row_weights >= 0).all()),
+              f"factorize_embeddings: need {w.shape[0]} non-negative row weights")
+        x = x * row_weights.double().sqrt()[:, None]
+    return torch.linalg.svd(x, full_matrices=False)[2][:size].T
+
+
+def token_weights(tokenizer: Any, texts: Iterable[str], vocab_size: int, power: float = 0.5) -> torch.Tensor:
+    """(count + 1) ** power for every token id, counting the tokenizer's ids over texts (special tokens too)."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    ids = [i for enc in tokenizer(list(texts), add_special_tokens=True)["input_ids"] for i in enc]
+    check(len(ids) > 0, "factorize_embeddings: no text to count tokens on")
+    t = torch.tensor(ids, dtype=torch.long)
+    check(int(t.max()) < vocab_size, "factorize_embeddings: the tokenizer's ids exceed the embedding table")
+    counts.index_add_(0, t, torch.ones_like(t, dtype=torch.float64))
+    return (counts + 1.0) ** power
 
 
 @register_op("factorize_embeddings")
@@ -72,8 +99,10 @@ def _tied_output(model: nn.Module) -> bool:
     return out is not None
 
 
-def factorize_embeddings(model: nn.Module, size: int) -> nn.Module:
-    """Replace the word embeddings by the rank-`size` SVD factorization (recorded so the model reloads)."""
+def factorize_embeddings(model: nn.Module, size: int, row_weights: torch.Tensor | None = None) -> nn.Module:
+    """Replace the word embeddings by the rank-`size` SVD factorization (recorded so the model reloads).
+
+    row_weights (one per token, e.g. from `token_weights`) make it a token-weighted SVD."""
     check(not _tied_output(model), "factorize_embeddings: models whose output layer is tied to the word "
           "embeddings (masked-LM heads) are not supported; use a task model")
     emb = get_adapter(model).word_embeddings(model)
@@ -83,16 +112,25 @@ def factorize_embeddings(model: nn.Module, size: int) -> nn.Module:
     v, h = emb.weight.shape
     check(isinstance(size, int) and 1 <= size <= min(v, h),
           f"factorize_embeddings: size {size} is outside 1..{min(v, h)} (the table is {v} x {h})")
+    weighted = FactorizedEmbedding.from_embedding(emb, size, row_weights) if row_weights is not None else None
     apply_op(model, "factorize_embeddings", size=size)
+    if weighted is not None:  # the op built the plain SVD; overwrite it with the weighted one (same shapes)
+        get_adapter(model).word_embeddings(model).load_state_dict(weighted.state_dict())
     return model
 
 
 class FactorizeEmbeddings(StepConfig):
-    """ALBERT-style V x E + E x H word embeddings from the trained table; give `size` (E) or `energy`."""
+    """ALBERT-style V x E + E x H word embeddings from the trained table; give `size` (E) or `energy`.
+
+    weighting 'frequency' weights the SVD by how often the task's train split uses each token
+    ((count + 1) ** power); 'none' is the plain SVD. `energy` is measured on the (weighted) spectrum."""
 
     step: ClassVar[str] = "factorize_embeddings"
     size: int | None = None
     energy: float | None = None
+    weighting: Literal["none", "frequency"] = "none"
+    power: float = 0.5
+    count_examples: int = 20000
 
     @model_validator(mode="after")
     def _one_rule(self) -> "FactorizeEmbeddings":
@@ -100,6 +138,8 @@ class FactorizeEmbeddings(StepConfig):
         check(self.size is None or self.size >= 1, f"factorize_embeddings: size must be >= 1, got {self.size}")
         check(self.energy is None or 0 < self.energy <= 1,
               f"factorize_embeddings: energy must be in (0, 1], got {self.energy}")
+        check(0 <= self.power <= 2, f"factorize_embeddings: power must be in [0, 2], got {self.power}")
+        check(self.count_examples >= 1, "factorize_embeddings: count_examples must be >= 1")
         return self
 
 
@@ -110,13 +150,22 @@ def factorize_embeddings_step(model: nn.Module, cfg: FactorizeEmbeddings, ctx: C
         raise SlimformerError(f"factorize_embeddings: the word embeddings are {type(emb).__name__}, "
                               "not an nn.Embedding (already factorized or quantized?)")
     v, h = emb.weight.shape
-    size = cfg.size if cfg.size is not None else energy_rank(torch.linalg.svdvals(emb.weight.detach().double()),
-                                                            cfg.energy or 1.0)
+    weights = None
+    if cfg.weighting == "frequency":
+        examples = ctx.require_task(cfg.step).split("train")[: cfg.count_examples]
+        texts = [t for ex in examples for t in (ex.text, ex.text_pair) if t]
+        weights = token_weights(ctx.tokenizer, texts, v, cfg.power)
+        ctx.note("counted_tokens_seen", int((weights > 1.0).sum()))
+    table = emb.weight.detach().double()
+    if weights is not None:
+        table = table * weights.sqrt()[:, None]
+    size = cfg.size if cfg.size is not None else energy_rank(torch.linalg.svdvals(table), cfg.energy or 1.0)
     if size * (v + h) >= v * h:
         console.print(f"[yellow]factorize_embeddings: E={size} does not save parameters ({v}x{size} + "
                       f"{size}x{h} >= {v}x{h})")
     before = num_params(model)
-    factorize_embeddings(model, size)
+    factorize_embeddings(model, size, weights)
     ctx.note("embedding_size", size)
+    ctx.note("weighting", cfg.weighting)
     ctx.note("params_before_after", [before, num_params(model)])
     return model

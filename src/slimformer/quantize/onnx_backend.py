@@ -123,11 +123,16 @@ def matmul_modules(onnx_model: Any, torch_model: nn.Module) -> dict[str, str]:
 
 
 def excluded_nodes(onnx_model: Any, torch_model: nn.Module, quantize: Iterable[str]) -> list[str]:
-    """MatMul/Gemm nodes NOT computing one of the Linear modules to quantize (including attention score MatMuls)."""
+    """MatMul/Gemm nodes NOT computing one of the Linear modules to quantize (including attention score
+    MatMuls), and fused Attention nodes whose query, key and value projections are not all to be quantized."""
+    from .ort_fusion import attention_modules
+
     wanted = set(quantize)
     mapping = matmul_modules(onnx_model, torch_model)
+    fused = attention_modules(onnx_model, torch_model)
     return [n.name for n in onnx_model.graph.node
-            if n.op_type in ("MatMul", "Gemm") and mapping.get(n.name) not in wanted]
+            if (n.op_type in ("MatMul", "Gemm") and mapping.get(n.name) not in wanted)
+            or (n.op_type == "Attention" and not (fused.get(n.name) and set(fused[n.name]) <= wanted))]
 
 
 class _Reader:
@@ -157,27 +162,39 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
                   calib_batches: list[dict[str, torch.Tensor]] | None = None, method: str = "minmax",
                   percentile: float = 99.99, per_channel: bool = True, embeddings: bool = True,
                   optimize: bool = False) -> nn.Module:
-    """Export model to ONNX and quantize the MatMuls of `modules` (and, with `embeddings`, the embedding
-    Gathers: 8-bit weights) with ORT; returns the wrapped module. `optimize` first runs ORT's transformer
-    optimizer (SkipLayerNorm / BiasGelu fusion) on the float graph, as ORT recommends before quantizing."""
+    """Export model to ONNX and quantize the MatMuls of `modules` (and, with `embeddings`, the word embedding
+    table: 8-bit weights) with ORT; returns the wrapped module.
+
+    `optimize` runs ORT's transformer optimizer on the float graph first, as ORT recommends before
+    quantizing (`ort_fusion.fuse`): whole attention blocks (then QAttention), embeddings + LayerNorm,
+    SkipLayerNorm, BiasGelu. A fused graph that does not match PyTorch is not used; `info["fusion"]` says
+    what happened."""
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
     from ..export import to_onnx
+    from .ort_fusion import fuse
 
     with tempfile.TemporaryDirectory() as d:
         fp = Path(d) / "fp32.onnx"
         qp = Path(d) / "int8.onnx"
-        res = to_onnx(model, tokenizer, fp, seq_len=16)
+        fusion: dict[str, Any] = {}
+        res: dict[str, Any] | None = None
         if optimize:
-            _optimize(fp)
+            try:
+                res = to_onnx(model, tokenizer, fp, seq_len=16, fusable=True)
+                fusion = fuse(fp, model, tokenizer)
+            except SlimformerError as e:  # a graph the fusable path cannot handle: plain export, unfused
+                fusion, res = {"skipped": str(e)}, None
+        if res is None:
+            res = to_onnx(model, tokenizer, fp, seq_len=16)
         exclude = excluded_nodes(onnx.load(str(fp)), model, modules)
-        ops = ["MatMul", "Gemm"] + (["Gather"] if embeddings else [])
+        ops = ["MatMul", "Gemm", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
+        opts = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
         if mode == "dynamic":
             quantize_dynamic(str(fp), str(qp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             op_types_to_quantize=ops, nodes_to_exclude=exclude,
-                             extra_options={"MatMulConstBOnly": True})
+                             op_types_to_quantize=ops, nodes_to_exclude=exclude, extra_options=opts)
         else:
             if not calib_batches:
                 raise SlimformerError("static ONNX Runtime quantization needs calibration data")
@@ -187,28 +204,11 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                             op_types_to_quantize=ops, nodes_to_exclude=exclude,
                             calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
-                            extra_options={"MatMulConstBOnly": True, "CalibPercentile": percentile,
-                                           "CalibMovingAverage": False})
+                            extra_options={**opts, "CalibPercentile": percentile, "CalibMovingAverage": False})
         info = {"mode": mode, "method": method if mode == "static" else None, "per_channel": per_channel,
-                "quantized_modules": len(modules), "embeddings": embeddings, "optimized": optimize}
+                "quantized_modules": len(modules), "embeddings": embeddings, "optimized": optimize,
+                "exporter": res.get("exporter"), "fusion": fusion}
         return wrap_onnx(model, qp, res["inputs"], info)
-
-
-def _optimize(path: Path) -> None:
-    """ORT transformer graph fusions (in place); attention is left alone (the exported mask path differs)."""
-    import logging
-
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # the optimizer logs every pattern it did not find
-    try:
-        opt = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
-        opt.save_model_to_file(str(path))
-    except Exception as e:  # an unfamiliar graph: quantize it unfused
-        logging.getLogger("slimformer.quantize").info("ORT fusion skipped: %s", e)
-    finally:
-        logging.getLogger().setLevel(level)
 
 
 def save_onnx_dir(model: nn.Module, tokenizer: Any, out: str | Path) -> Path:
