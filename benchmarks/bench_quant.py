@@ -170,31 +170,6 @@ def measure(cands: dict[str, tuple[Any, int, str]], tok: Any, t: Any, args: argp
     return rows
 
 
-def blocked_latency(models: dict[str, Any], tok: Any, batch: int, threads: int, rounds: int = 4, block: int = 8
-                    ) -> dict[str, dict[str, float]]:
-    """Median latency per candidate measured in blocks of `block` consecutive calls, the blocks of all candidates
-    rotated `rounds` times in one process. Consecutive calls keep torch's OpenMP and ORT's spinning thread pools
-    from stealing the 2 cores from each other (which per-call round robin suffers from); the first call of each
-    block is dropped."""
-    import statistics
-
-    from slimformer.bench import as_forward, threads as fix_threads
-    from slimformer.data import dummy_inputs
-
-    inputs = dummy_inputs(tok, batch, 128)
-    fwds = {k: as_forward(v) for k, v in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in fwds}
-    with fix_threads(threads):
-        for _ in range(rounds):
-            for k, f in fwds.items():
-                f(inputs)
-                for _ in range(block):
-                    t = time.perf_counter()
-                    f(inputs)
-                    times[k].append(1000 * (time.perf_counter() - t))
-    return {k: {"median_ms": statistics.median(v), "runs": len(v)} for k, v in times.items()}
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--task", default="sst2")
@@ -252,13 +227,6 @@ def main() -> None:
     common = {"task": args.task, "seq_len": 128, "threads": args.threads, "max_examples": args.max_examples,
               "total_s": round(time.perf_counter() - start, 1), **info}
     if args.latency_only:
-        models = {k: v[0] for k, v in cands.items()}
-        for b, rounds, block in ((1, 4, 10), (32, 2, 2)):
-            lat = blocked_latency(models, tok, b, args.threads, rounds, block)
-            for r in rows:
-                r[f"b{b}_blocked_ms"] = round(lat[r["method"]]["median_ms"], 2)
-                r[f"b{b}_blocked_speedup"] = round(lat[FP32]["median_ms"] / lat[r["method"]]["median_ms"], 2)
-                r[f"b{b}_blocked_runs"] = lat[r["method"]]["runs"]
         print_table(rows, f"Latency only, {title}")
         write_result(f"quant_latency_{args.task}", {**common, "rows": rows})
         return
