@@ -65,6 +65,9 @@ def test_profile_evaluate_compress_report_export(tiny_dir):
     res = run("export", str(tiny_dir / "out"), "--onnx", str(tiny_dir / "m.onnx"))
     assert res.returncode == 0, res.stderr
     assert (tiny_dir / "m.onnx").exists()
+    res = run("export", str(tiny_dir / "tiny"), "--onnx", str(tiny_dir / "f.onnx"), "--optimize")
+    assert res.returncode == 0, res.stderr
+    assert "'Attention'" in res.stderr and (tiny_dir / "f.onnx").exists()
 
 
 def test_compress_refuses_to_overwrite_its_input(tiny_dir):

@@ -135,14 +135,26 @@ def compress(model: str = typer.Argument(..., help=MODEL_HELP),
 @app.command()
 def export(model: str = typer.Argument(..., help=MODEL_HELP),
            onnx: Path = typer.Option(..., help="output .onnx file"),
-           atol: float = typer.Option(1e-4, help="max allowed |ONNX - PyTorch| on a probe batch")) -> None:
+           atol: float = typer.Option(1e-4, help="max allowed |ONNX - PyTorch| on a probe batch"),
+           optimize: bool = typer.Option(False, "--optimize", help="fuse the graph with ONNX Runtime's transformer "
+                                         "optimizer (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), "
+                                         "checked against PyTorch")) -> None:
     """Export to ONNX (dynamic batch and length) and check the outputs in ONNX Runtime."""
     from . import models
+    from .errors import SlimformerError
     from .export import to_onnx
     from .progress import console
 
     m, tok = models.load(model)
-    res = to_onnx(m, tok, onnx, atol=atol)
+    res = to_onnx(m, tok, onnx, atol=atol, fusable=optimize)
+    if optimize:
+        from .quantize.ort_fusion import fuse
+
+        try:
+            fused = fuse(onnx, m, tok)
+            console.print(f"fused: {fused['fused']} (max |fused - PyTorch| = {fused['max_abs_diff']:.1e})")
+        except SlimformerError as e:
+            console.print(f"[yellow]not fused ({e}); the exported graph is unfused[/yellow]")
     tok.save_pretrained(onnx.parent / f"{onnx.stem}-tokenizer")
     console.print(f"[green]wrote {onnx}[/green] ({onnx.stat().st_size / 1e6:.1f} MB), "
                   f"max |ONNX - PyTorch| = {res['max_abs_diff']:.2e}")
