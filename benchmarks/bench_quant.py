@@ -233,7 +233,7 @@ def main() -> None:
     if len(side) > 1:
         print_table(side, f"Dynamic INT8 side by side, {title}")
         write_result(f"quant_side_by_side_{args.task}", {**common, "rows": side})
-    if len(meth) > 1:
+    if len(meth) > 1 and "methods" in parts:
         print_table(meth, f"Quantization methods, {title}")
         write_result(f"quant_methods_{args.task}", {**common, "rows": meth})
     shutil.rmtree(scratch, ignore_errors=True)
