@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Iterable, Literal
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import SlimformerError, check
@@ -128,9 +128,10 @@ class FactorizeEmbeddings(StepConfig):
     step: ClassVar[str] = "factorize_embeddings"
     size: int | None = None
     energy: float | None = None
-    weighting: Literal["none", "frequency"] = "none"
-    power: float = 0.5
-    count_examples: int = 20000
+    weighting: Literal["none", "frequency"] = Field("none", description="frequency: token-weighted SVD "
+                                                    "(needs task data); none: plain SVD")
+    power: float = Field(0.5, description="frequency weighting: w = (count + 1) ** power, in (0, 2]")
+    count_examples: int = Field(20000, description="frequency weighting: train examples to count tokens on")
 
     @model_validator(mode="after")
     def _one_rule(self) -> "FactorizeEmbeddings":
@@ -138,7 +139,7 @@ class FactorizeEmbeddings(StepConfig):
         check(self.size is None or self.size >= 1, f"factorize_embeddings: size must be >= 1, got {self.size}")
         check(self.energy is None or 0 < self.energy <= 1,
               f"factorize_embeddings: energy must be in (0, 1], got {self.energy}")
-        check(0 <= self.power <= 2, f"factorize_embeddings: power must be in [0, 2], got {self.power}")
+        check(0 < self.power <= 2, f"factorize_embeddings: power must be in (0, 2], got {self.power}")
         check(self.count_examples >= 1, "factorize_embeddings: count_examples must be >= 1")
         return self
 
