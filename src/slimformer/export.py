@@ -53,7 +53,11 @@ def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlimformerError(f"ONNX export failed: {first}") from e
     os.replace(tmp, path)
-    result: dict[str, Any] = {"path": str(path), "inputs": names, "exporter": "torchscript" if fusable else "dynamo"}
+    import onnx
+
+    graph_inputs = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    result: dict[str, Any] = {"path": str(path), "inputs": [n for n in names if n in graph_inputs],
+                              "exporter": "torchscript" if fusable else "dynamo"}
     if check:
         probe = dummy_inputs(tokenizer, 3, max(seq_len + 5, 8), seed=1)
         probe["attention_mask"][2, 3:] = 0
