@@ -43,7 +43,7 @@ CRITERIA = ("magnitude", "movement")
 
 
 class PruneUnstructured(StepConfig):
-    """Set a fraction of the encoder's Linear weights to zero (magnitude or movement, global or per layer)."""
+    """Set a fraction of the encoder's Linear weights to zero (magnitude or movement; global or per weight matrix)."""
 
     step: ClassVar[str] = "prune_unstructured"
     sparsity: float = Field(..., description="fraction of the included weights set to zero, in [0, 1)")
