@@ -185,3 +185,19 @@ def test_recipe_runs_and_ledger_shows_sparsity(tiny_bert, tokenizer, tiny_task, 
     assert set(info["sparsity_per_layer"]) == {"0", "1"} and len(info["increments"]) == 2
     assert info["sparse_encoded_bytes"] < info["dense_bytes"] == rows[1]["size_bytes"]
     assert (fresh_process_logits(tmp_path / "out") - logits(res.model, tokenizer)).abs().max() < 1e-5
+
+
+def test_movement_score_is_minus_w_times_grad(tiny_bert, tokenizer, tiny_task):
+    from slimformer.prune.importance import importance_batches
+    from slimformer.prune.unstructured import movement_scores
+
+    model = tiny_bert(layers=1)
+    mods = prunable(model)
+    batches = importance_batches(tokenizer, tiny_task, 8, 32, 4)
+    got = movement_scores(model, mods, batches)
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+    model.zero_grad()
+    for b in batches:
+        model(**b).loss.backward()
+    for n, m in mods.items():
+        torch.testing.assert_close(got[n], -(m.weight * m.weight.grad).detach(), rtol=1e-4, atol=1e-7)
