@@ -16,8 +16,10 @@ __all__ = ["tasks", "load", "save", "SlimformerError", "DropLayers", "Finetune",
 
 from .prune.ffn import PruneFFN, prune_ffn  # noqa: E402
 from .prune.heads import PruneHeads, prune_heads  # noqa: E402
+from .prune.unstructured import PruneUnstructured, prune_unstructured, sparse_size  # noqa: E402
 
-__all__ += ["PruneHeads", "PruneFFN", "prune_heads", "prune_ffn"]
+__all__ += ["PruneHeads", "PruneFFN", "prune_heads", "prune_ffn", "PruneUnstructured", "prune_unstructured",
+            "sparse_size"]
 
 from .factorize import Factorize, FactorizeEmbeddings  # noqa: E402
 from .share import ShareLayers, to_albert  # noqa: E402
