@@ -50,7 +50,9 @@ class PruneUnstructured(StepConfig):
     scope: Literal["global", "per_layer"] = Field("global", description="one threshold for all included "
                                                   "weights, or the same sparsity in every weight matrix")
     criterion: Literal["magnitude", "movement"] = Field("magnitude", description="magnitude |W| (no data) | "
-                                                        "movement -W*grad (Sanh et al.; needs task data)")
+                                                        "movement -W*grad (Sanh et al.; needs task data; "
+                                                        "experimental: collapsed on MiniLM SST-2 at 70%, "
+                                                        "see docs/BENCHMARKS.md section 6)")
     include: list[str] | None = Field(None, description="regexes on Linear module names; default: attention "
                                       "query/key/value/output and FFN up/down of every encoder layer")
     steps: int = Field(1, ge=1, le=100, description="pruning increments on the cubic schedule (Zhu & Gupta)")
