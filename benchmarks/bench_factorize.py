@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--max-len", type=int, default=64, help="truncation for recovery training")
     ap.add_argument("--sections", default="emb,svd,share",
-                    help="comma list of emb, embw (token-weighted embedding SVD vs plain at E=128), svd, share")
+                    help="comma list of emb, embw (token-weighted embedding SVD vs plain at E=128), svd, share, "
+                    "control (the unfactorized teacher given the same recovery: how much is just more training)")
     ap.add_argument("--powers", default="0.5", help="embw: weighting powers to evaluate; the first is recovered")
     ap.add_argument("--out", default=None, help="result name (default factorize_<task>)")
     ap.add_argument("--latency-budget", type=float, default=5.0, help="seconds of timing per model and batch")
@@ -155,6 +156,9 @@ def main() -> None:
         for i, (name, m) in enumerate(made.items()):
             variant("embeddings_weighted", name, m, {"E": 128}, do_recover=i <= 1)
         del made
+
+    if "control" in sections:
+        variant("control", "teacher, no factorization, same recovery", copy.deepcopy(teach))
 
     if "svd" in sections:
         made, info = {}, {}
