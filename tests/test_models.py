@@ -88,3 +88,18 @@ def test_packaged_minilm_loads_and_is_not_modified(tmp_path):
     models.save(model, tok, tmp_path / "m")
     assert hashlib.md5((path / "model.safetensors").read_bytes()).hexdigest() == digest
     assert (fresh_process_logits(tmp_path / "m") - logits(model, tok)).abs().max() < 1e-5
+
+
+def test_saved_files_get_default_permissions(tmp_path, tiny_bert, tokenizer):
+    import os
+    import stat
+
+    from slimformer.fsutil import write_json
+
+    mask = os.umask(0)
+    os.umask(mask)
+    out = models.save(tiny_bert(), tokenizer, tmp_path / "m")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask  # not mkdtemp's private 0700
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o666 & ~mask
+    write_json(tmp_path / "r.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o666 & ~mask
