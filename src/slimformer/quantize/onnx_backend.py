@@ -8,11 +8,13 @@ a uint8 buffer), so it flows through recipes, `models.save`/`models.load`, `eval
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 import types
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -193,22 +195,36 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
         ops = ["MatMul", "Gemm", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
         opts = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
         if mode == "dynamic":
-            quantize_dynamic(str(fp), str(qp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             op_types_to_quantize=ops, nodes_to_exclude=exclude, extra_options=opts)
+            with _root_log_level(logging.ERROR):  # ORT's quantizer logs a pre-processing hint on every call
+                quantize_dynamic(str(fp), str(qp), weight_type=QuantType.QInt8, per_channel=per_channel,
+                                 op_types_to_quantize=ops, nodes_to_exclude=exclude, extra_options=opts)
         else:
             if not calib_batches:
                 raise SlimformerError("static ONNX Runtime quantization needs calibration data")
             if method not in ORT_METHODS:
                 raise SlimformerError(f"unknown calibration method '{method}' (use {', '.join(ORT_METHODS)})")
-            quantize_static(str(fp), str(qp), _Reader(calib_batches, res["inputs"]), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            op_types_to_quantize=ops, nodes_to_exclude=exclude,
-                            calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
-                            extra_options={**opts, "CalibPercentile": percentile, "CalibMovingAverage": False})
+            with _root_log_level(logging.ERROR):
+                quantize_static(str(fp), str(qp), _Reader(calib_batches, res["inputs"]),
+                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=ops,
+                                nodes_to_exclude=exclude,
+                                calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
+                                extra_options={**opts, "CalibPercentile": percentile, "CalibMovingAverage": False})
         info = {"mode": mode, "method": method if mode == "static" else None, "per_channel": per_channel,
                 "quantized_modules": len(modules), "embeddings": embeddings, "optimized": optimize,
                 "exporter": res.get("exporter"), "fusion": fusion}
         return wrap_onnx(model, qp, res["inputs"], info)
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int) -> Iterator[None]:
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def save_onnx_dir(model: nn.Module, tokenizer: Any, out: str | Path) -> Path:
