@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CACHE, RESULTS, ROOT, print_table, task, teacher, write_result
+from common import CACHE, RESULTS, ROOT, print_table, write_result
 
 import torch
 
@@ -288,17 +288,10 @@ PARTS = {"ablation": part_ablation, "curve": part_curve, "target": part_target, 
 
 
 def main(parts: list[str]) -> None:
-    from common import teacher_dir
+    from common import previous_parts, ready_teacher
 
-    if not (teacher_dir("sst2") / "model.safetensors").exists():
-        raise SystemExit(f"the SST-2 teacher is not ready in {teacher_dir('sst2')} (this script never trains it)")
-    torch.set_num_threads(SETTINGS["threads"])
-    teacher_model, tok = teacher("sst2")
-    teacher_model.eval()
-    t = task("sst2")
-    path = RESULTS / f"{NAME}.json"
-    prev = json.loads(path.read_text()) if path.exists() else {}
-    results = {k: v for k, v in prev.items() if k in PARTS or k == "teacher_acc"}
+    teacher_model, tok, t = ready_teacher("sst2", SETTINGS["threads"])
+    results = previous_parts(NAME, set(PARTS) | {"teacher_acc"})
     base_acc = results.get("teacher_acc") or accuracy(teacher_model, tok, t)
     results["teacher_acc"] = base_acc
     for p in parts:

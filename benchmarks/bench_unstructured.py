@@ -20,9 +20,8 @@ import sys
 import time
 from typing import Any
 
-from common import CACHE, RESULTS, task, teacher, write_result
+from common import CACHE, RESULTS, write_result
 
-import torch
 
 SETTINGS = dict(seed=42, train_max_len=64, eval_max_len=128, threads=2, seq_len=128, batch=32,
                 oneshot=[0.5, 0.7, 0.9], gradual=dict(sparsity=0.7, steps=3, recovery_steps=19, recovery_lr=1e-4,
@@ -113,17 +112,10 @@ PARTS = {"oneshot": part_oneshot, "gradual": part_gradual, "movement": part_move
 
 
 def main(parts: list[str]) -> None:
-    from common import teacher_dir
+    from common import previous_parts, ready_teacher
 
-    if not (teacher_dir("sst2") / "model.safetensors").exists():
-        raise SystemExit(f"the SST-2 teacher is not ready in {teacher_dir('sst2')} (this script never trains it)")
-    torch.set_num_threads(SETTINGS["threads"])
-    teacher_model, tok = teacher("sst2")
-    teacher_model.eval()
-    t = task("sst2")
-    path = RESULTS / f"{NAME}.json"
-    prev = json.loads(path.read_text()) if path.exists() else {}
-    results = {k: v for k, v in prev.items() if k in PARTS or k == "teacher"}
+    teacher_model, tok, t = ready_teacher("sst2", SETTINGS["threads"])
+    results = previous_parts(NAME, set(PARTS) | {"teacher"})
     if "teacher" not in results:
         results["teacher"] = measure(teacher_model, tok, t, "teacher", None)
     for p in parts:

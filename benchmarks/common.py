@@ -75,3 +75,23 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     for r in rows:
         table.add_row(*[f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
     Console().print(table)
+
+
+def ready_teacher(name: str, threads: int) -> tuple[Any, Any, Any]:
+    """(teacher, tokenizer, task) of an already cached teacher, on `threads` threads; exits if it is missing
+    (for benchmarks that must not spend their budget training one)."""
+    import torch
+
+    if not (teacher_dir(name) / "model.safetensors").exists():
+        raise SystemExit(f"the {name} teacher is not ready in {teacher_dir(name)} (this script never trains it)")
+    torch.set_num_threads(threads)
+    model, tok = teacher(name)
+    return model.eval(), tok, task(name)
+
+
+def previous_parts(name: str, keep: set[str]) -> dict[str, Any]:
+    """The entries named in `keep` of benchmarks/results/<name>.json, if it exists (parts re-run one by one)."""
+    path = RESULTS / f"{name}.json"
+    prev = json.loads(path.read_text()) if path.exists() else {}
+    return {k: v for k, v in prev.items() if k in keep}
+
