@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -353,10 +352,6 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["markdown"]:
-        print(markdown())
-        raise SystemExit(0)
-    unknown = [p for p in sys.argv[1:] if p not in PARTS]
-    if unknown or not sys.argv[1:]:
-        raise SystemExit(f"usage: bench_prune.py {' '.join(PARTS)} (unknown: {unknown})")
-    main(sys.argv[1:])
+    from common import parts_cli
+
+    parts_cli("bench_prune.py", PARTS, main, markdown)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -151,10 +150,6 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["markdown"]:
-        print(markdown())
-        raise SystemExit(0)
-    unknown = [p for p in sys.argv[1:] if p not in PARTS]
-    if unknown or not sys.argv[1:]:
-        raise SystemExit(f"usage: bench_unstructured.py {' '.join(PARTS)} | markdown (unknown: {unknown})")
-    main(sys.argv[1:])
+    from common import parts_cli
+
+    parts_cli("bench_unstructured.py", PARTS, main, markdown)

@@ -95,3 +95,15 @@ def previous_parts(name: str, keep: set[str]) -> dict[str, Any]:
     prev = json.loads(path.read_text()) if path.exists() else {}
     return {k: v for k, v in prev.items() if k in keep}
 
+
+def parts_cli(script: str, parts: dict[str, Any], main: Any, markdown: Any) -> None:
+    """`script part [part ...]` runs those parts with main(parts); `script markdown` prints the tables."""
+    args = sys.argv[1:]
+    if args == ["markdown"]:
+        print(markdown())
+        raise SystemExit(0)
+    unknown = [p for p in args if p not in parts]
+    if unknown or not args:
+        raise SystemExit(f"usage: {script} {' '.join(parts)} | markdown (unknown: {unknown})")
+    main(args)
+
