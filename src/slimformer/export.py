@@ -59,16 +59,21 @@ def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq
     result: dict[str, Any] = {"path": str(path), "inputs": [n for n in names if n in graph_inputs],
                               "exporter": "torchscript" if fusable else "dynamo"}
     if check:
-        probe = dummy_inputs(tokenizer, 3, max(seq_len + 5, 8), seed=1)
-        probe["attention_mask"][2, 3:] = 0
-        with torch.no_grad():
-            ref = _logits(model(**probe))
-        got = OnnxModel(path)(probe)
-        diff = float((ref - got).abs().max())
+        diff = parity(path, model, tokenizer, seq_len)
         result["max_abs_diff"] = diff
         if diff > atol:
             raise SlimformerError(f"ONNX outputs differ from PyTorch by {diff:.2e} (> {atol:g})")
     return result
+
+
+def parity(path: str | os.PathLike, model: torch.nn.Module, tokenizer: Any, seq_len: int = 16) -> float:
+    """Largest |logit difference| between the ONNX graph at path and the torch model, on random inputs of
+    length seq_len + 5 with one padded row."""
+    probe = dummy_inputs(tokenizer, 3, max(seq_len + 5, 8), seed=1)
+    probe["attention_mask"][2, 3:] = 0
+    with torch.no_grad():
+        ref = _logits(model(**probe))
+    return float((OnnxModel(path)(probe) - ref).abs().max())
 
 
 def _export_torchscript(model: torch.nn.Module, sample: dict[str, torch.Tensor], names: list[str], out: Path,

@@ -8,13 +8,12 @@ a uint8 buffer), so it flows through recipes, `models.save`/`models.load`, `eval
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import tempfile
 import types
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -176,7 +175,7 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
                                           quantize_static)
 
     from ..export import to_onnx
-    from .ort_fusion import fuse
+    from .ort_fusion import fuse, root_log_level
 
     with tempfile.TemporaryDirectory() as d:
         fp = Path(d) / "fp32.onnx"
@@ -185,8 +184,8 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
         res: dict[str, Any] | None = None
         if optimize:
             try:
-                res = to_onnx(model, tokenizer, fp, seq_len=16, fusable=True)
-                fusion = fuse(fp, model, tokenizer)
+                res = to_onnx(model, tokenizer, fp, seq_len=16, fusable=True, check=False)
+                fusion = fuse(fp, model, tokenizer)  # checks the fused graph against PyTorch
             except SlimformerError as e:  # a graph the fusable path cannot handle: plain export, unfused
                 fusion, res = {"skipped": str(e)}, None
         if res is None:
@@ -195,7 +194,7 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
         ops = ["MatMul", "Gemm", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
         opts = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
         if mode == "dynamic":
-            with _root_log_level(logging.ERROR):  # ORT's quantizer logs a pre-processing hint on every call
+            with root_log_level(logging.ERROR):  # ORT's quantizer logs a pre-processing hint on every call
                 quantize_dynamic(str(fp), str(qp), weight_type=QuantType.QInt8, per_channel=per_channel,
                                  op_types_to_quantize=ops, nodes_to_exclude=exclude, extra_options=opts)
         else:
@@ -203,7 +202,7 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
                 raise SlimformerError("static ONNX Runtime quantization needs calibration data")
             if method not in ORT_METHODS:
                 raise SlimformerError(f"unknown calibration method '{method}' (use {', '.join(ORT_METHODS)})")
-            with _root_log_level(logging.ERROR):
+            with root_log_level(logging.ERROR):
                 quantize_static(str(fp), str(qp), _Reader(calib_batches, res["inputs"]),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=ops,
@@ -214,17 +213,6 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
                 "quantized_modules": len(modules), "embeddings": embeddings, "optimized": optimize,
                 "exporter": res.get("exporter"), "fusion": fusion}
         return wrap_onnx(model, qp, res["inputs"], info)
-
-
-@contextlib.contextmanager
-def _root_log_level(level: int) -> Iterator[None]:
-    root = logging.getLogger()
-    before = root.level
-    root.setLevel(level)
-    try:
-        yield
-    finally:
-        root.setLevel(before)
 
 
 def save_onnx_dir(model: nn.Module, tokenizer: Any, out: str | Path) -> Path:

@@ -11,16 +11,29 @@ layer, so each fused Attention node gets its own count back from its weight shap
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..errors import SlimformerError
+from ..export import parity
 from ..models import get_adapter
+
+
+@contextlib.contextmanager
+def root_log_level(level: int) -> Iterator[None]:
+    """Raise the root logger's level for the block (ORT's tools log through the root logger)."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def fuse(path: Path, model: nn.Module, tokenizer: Any, atol: float = 1e-3) -> dict[str, Any]:
@@ -37,16 +50,12 @@ def fuse(path: Path, model: nn.Module, tokenizer: Any, atol: float = 1e-3) -> di
     heads = [adapter.num_heads(layer) for layer in layers]
     head_dim = adapter.attention(layers[0]).head_dim
     first = next((h for h in heads if h > 0), 1)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the optimizer logs every pattern it did not find
     try:
-        opt = optimize_model(str(path), model_type="bert", num_heads=first, hidden_size=first * head_dim,
-                             opt_level=0, optimization_options=FusionOptions("bert"))
+        with root_log_level(logging.ERROR):  # the optimizer logs every pattern it did not find
+            opt = optimize_model(str(path), model_type="bert", num_heads=first, hidden_size=first * head_dim,
+                                 opt_level=0, optimization_options=FusionOptions("bert"))
     except Exception as e:  # an unfamiliar graph
         raise SlimformerError(f"ORT fusion failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    finally:
-        root.setLevel(level)
     graph = opt.model
     fixed = 0
     for node in graph.graph.node:
@@ -61,7 +70,7 @@ def fuse(path: Path, model: nn.Module, tokenizer: Any, atol: float = 1e-3) -> di
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     candidate = path.with_name(path.stem + ".fused.onnx")
     opt.save_model_to_file(str(candidate))  # adds the com.microsoft opset import
-    diff = _parity(candidate, model, tokenizer)
+    diff = parity(candidate, model, tokenizer, seq_len=19)
     if diff > atol:
         candidate.unlink(missing_ok=True)
         raise SlimformerError(f"the ORT-fused graph differs from PyTorch by {diff:.2e} (> {atol:g})")
@@ -100,15 +109,3 @@ def attention_modules(onnx_model: Any, torch_model: nn.Module) -> dict[str, list
             names += [n for n, w in by_shape.get(part.shape, []) if np.array_equal(part, w)][:1]
         out[node.name] = names
     return out
-
-
-def _parity(path: Path, model: nn.Module, tokenizer: Any) -> float:
-    """Largest |logit difference| between the ONNX graph and the torch model on padded random inputs."""
-    from ..data import dummy_inputs
-    from ..export import OnnxModel, _logits
-
-    probe = dummy_inputs(tokenizer, 3, 24, seed=2)
-    probe["attention_mask"][2, 7:] = 0
-    with torch.no_grad():
-        ref = _logits(model(**probe))
-    return float((OnnxModel(path)(probe) - ref).abs().max())
