@@ -49,7 +49,7 @@ def main() -> None:
     from slimformer.distill import Distill, distill
     from slimformer.evaluate import evaluate_task
     from slimformer.factorize import Factorize, choose_ranks, factorize_embeddings, factorize_linears
-    from slimformer.factorize.embeddings import token_weights
+    from slimformer.factorize.embeddings import task_token_weights
     from slimformer.models import num_params
     from slimformer.share import share_layers
 
@@ -145,13 +145,11 @@ def main() -> None:
 
     if "embw" in sections:  # plain vs token-weighted SVD at E = 128, the same recovery budget for both
         v = teach.bert.embeddings.word_embeddings.weight.shape[0]
-        texts = [e.text for e in t.split("train")[:20000]] + [e.text_pair for e in t.split("train")[:20000]
-                                                              if e.text_pair]
         powers = [float(x) for x in args.powers.split(",")]
         made = {"E=128 plain SVD": factorize_embeddings(copy.deepcopy(teach), 128)}
         for pw in powers:
             made[f"E=128 weighted p={pw:g}"] = factorize_embeddings(copy.deepcopy(teach), 128,
-                                                                    token_weights(tok, texts, v, pw))
+                                                                    task_token_weights(tok, t, v, pw))
         latency("embeddings_weighted", {k: made[k] for k in list(made)[:2]})
         for i, (name, m) in enumerate(made.items()):
             variant("embeddings_weighted", name, m, {"E": 128}, do_recover=i <= 1)

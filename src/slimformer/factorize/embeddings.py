@@ -83,13 +83,21 @@ def token_weights(tokenizer: Any, texts: Iterable[str], vocab_size: int, power: 
     return (counts + 1.0) ** power
 
 
+def task_token_weights(tokenizer: Any, task: Any, vocab_size: int, power: float = 1.0,
+                       examples: int = 20000) -> torch.Tensor:
+    """token_weights over the texts (and text pairs) of the first `examples` examples of the train split."""
+    rows = task.split("train")[:examples]
+    return token_weights(tokenizer, [t for ex in rows for t in (ex.text, ex.text_pair) if t], vocab_size, power)
+
+
 @register_op("factorize_embeddings")
 def _factorize_embeddings(model: nn.Module, size: int) -> None:
     adapter = get_adapter(model)
     emb = adapter.word_embeddings(model)
     check(isinstance(emb, nn.Embedding),
           f"factorize_embeddings: the word embeddings are {type(emb).__name__}, not an nn.Embedding")
-    new = FactorizedEmbedding.from_embedding(emb, size)
+    v, h = emb.weight.shape
+    new = FactorizedEmbedding(v, h, size, emb.padding_idx).to(device=emb.weight.device, dtype=emb.weight.dtype)
     parent = adapter.embeddings(model)
     name = next((n for n, m in parent.named_children() if m is emb), None)
     check(name is not None, "factorize_embeddings: cannot locate the word-embedding module")
@@ -114,10 +122,9 @@ def factorize_embeddings(model: nn.Module, size: int, row_weights: torch.Tensor 
     v, h = emb.weight.shape
     check(isinstance(size, int) and 1 <= size <= min(v, h),
           f"factorize_embeddings: size {size} is outside 1..{min(v, h)} (the table is {v} x {h})")
-    weighted = FactorizedEmbedding.from_embedding(emb, size, row_weights) if row_weights is not None else None
-    apply_op(model, "factorize_embeddings", size=size)
-    if weighted is not None:  # the op built the plain SVD; overwrite it with the weighted one (same shapes)
-        get_adapter(model).word_embeddings(model).load_state_dict(weighted.state_dict())
+    factors = FactorizedEmbedding.from_embedding(emb, size, row_weights)
+    apply_op(model, "factorize_embeddings", size=size)  # the op installs the shapes (it replays on reload)
+    get_adapter(model).word_embeddings(model).load_state_dict(factors.state_dict())
     return model
 
 
@@ -155,9 +162,7 @@ def factorize_embeddings_step(model: nn.Module, cfg: FactorizeEmbeddings, ctx: C
     v, h = emb.weight.shape
     weights = None
     if cfg.weighting == "frequency":
-        examples = ctx.require_task(cfg.step).split("train")[: cfg.count_examples]
-        texts = [t for ex in examples for t in (ex.text, ex.text_pair) if t]
-        weights = token_weights(ctx.tokenizer, texts, v, cfg.power)
+        weights = task_token_weights(ctx.tokenizer, ctx.require_task(cfg.step), v, cfg.power, cfg.count_examples)
         ctx.note("counted_tokens_seen", int((weights > 1.0).sum()))
     table = emb.weight.detach().double()
     if weights is not None:
