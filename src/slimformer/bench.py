@@ -90,21 +90,17 @@ def compare_latency(
             t = time.perf_counter()
             fwd(inputs)
             first[k] = time.perf_counter() - t
-        slowest = max(first.values())
         if block is None:
-            block = 1 if slowest > 0.2 else 6
-        per_round = max(sum(first.values()) * block, 1e-4)
+            block = 1 if max(first.values()) > 0.2 else 6
         if runs is None:
-            runs = int(min(50, max(5, budget_s / per_round)))
-        if block == 1:
-            for k in fwds:
-                times[k].append(first[k])
-        for _ in range(runs - (block == 1)):
+            runs = int(min(50, max(5, budget_s / max(sum(first.values()) * block, 1e-4))))
+        skip = 0 if block == 1 else 1  # the first call of a block pays for the switch
+        for _ in range(runs):
             for k, fwd in fwds.items():
                 for i in range(block):
                     t = time.perf_counter()
                     fwd(inputs)
-                    if i or block == 1:
+                    if i >= skip:
                         times[k].append(time.perf_counter() - t)
     out = {}
     for k, ts in times.items():
