@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from slimformer.tasks.base import Example, TaskData
+from slimformer.tasks import Example, TaskData
 
 WORDS = "a fine film well acted dull and far too long to sit through ok great bad plot music actors story".split()
 

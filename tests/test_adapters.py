@@ -26,11 +26,10 @@ def test_adapter_finds_the_parts(tiny_bert, kind):
     m = tiny_distilbert() if kind == "distilbert" else tiny_bert(layers=3, model_type=kind)
     ad = get_adapter(m)
     assert len(ad.layers(m)) == 3
-    layer = ad.layers(m)[0]
-    parts = ad.attention(layer)
-    assert ad.num_heads(layer) == 4 and parts.head_dim == 8
-    assert parts.query.in_features == 32 and parts.output.out_features == 32
-    assert ad.ffn_width(layer) == 64 and ad.ffn(layer).down.out_features == 32
+    parts = ad.attention(m)[0]
+    assert parts.heads == 4 and parts.head_dim == 8 and parts.unit == "encoder.0.self"
+    assert parts.q.in_features == 32 and parts.o.out_features == 32
+    assert ad.ffn(m)[0].width == 64 and ad.ffn(m)[0].down.out_features == 32
     assert ad.word_embeddings(m).num_embeddings == 30522
     assert ad.head_modules(m)
 

@@ -5,7 +5,7 @@ import torch
 
 from slimformer import models
 from slimformer.recipe import EvalSettings, compress
-from slimformer.tasks.base import Example, TaskData
+from slimformer.tasks import Example, TaskData
 
 
 def test_recipe_make_student_then_distill(tiny_bert, tokenizer, batch, tmp_path):

@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 from slimformer.distill import Distill, DistillGeneral, distill, distill_general, make_student
 from slimformer.distill.step import run_distillation
 from slimformer.distill.trainer import IndexedDataset
-from slimformer.tasks.base import Example, TaskData
+from slimformer.tasks import Example, TaskData
 
 WORDS = "good bad fine dull great awful film plot acting long short fun boring lovely".split()
 

@@ -12,7 +12,7 @@ from slimformer.factorize import (Factorize, FactorizedEmbedding, FactorizeEmbed
 from slimformer.factorize.lowrank import energy_rank
 from slimformer.recipe import EvalSettings, compress
 from slimformer.steps import Context, apply_step, parse_step
-from slimformer.tasks.base import Example, TaskData
+from slimformer.tasks import Example, TaskData
 
 
 def _ctx(tokenizer, tmp_path, task=None, teacher=None):

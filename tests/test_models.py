@@ -71,10 +71,11 @@ def test_load_errors_are_clear(tmp_path, tiny_bert, tokenizer, case, pattern):
 
 
 def test_unsupported_architecture_for_techniques(tiny_bert):
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import AlbertConfig, AlbertForSequenceClassification
 
-    m = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=100))
-    with pytest.raises(SlimformerError, match="unsupported architecture 'gpt2'"):
+    m = AlbertForSequenceClassification(AlbertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                                     intermediate_size=32, embedding_size=8, vocab_size=100))
+    with pytest.raises(SlimformerError, match="no adapter for model type 'albert'"):
         models.get_adapter(m)
 
 
@@ -82,7 +83,7 @@ def test_unsupported_architecture_for_techniques(tiny_bert):
 def test_packaged_minilm_loads_and_is_not_modified(tmp_path):
     path = Path(models.resolve("minilm"))
     digest = hashlib.md5((path / "model.safetensors").read_bytes()).hexdigest()
-    model, tok = slimformer.load("minilm", num_labels=2)
+    model, tok = slimformer.load("minilm", head="classification", num_labels=2)
     assert models.num_params(model) == pytest.approx(22.7e6, rel=0.01)
     keep_layers(model, [0, 1])
     models.save(model, tok, tmp_path / "m")

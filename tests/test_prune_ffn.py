@@ -30,7 +30,7 @@ def test_gate_zero_equals_physical_removal(tiny_bert, batch, model_type):
         got = model(**batch).logits
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
     ad = get_adapter(model)
-    assert [ad.ffn_width(l) for l in ad.layers(model)] == [32, 64, 3]
+    assert [f.width for f in ad.ffn(model)] == [32, 64, 3]
 
 
 def test_parameter_count_and_targets(tiny_bert):
@@ -40,8 +40,7 @@ def test_parameter_count_and_targets(tiny_bert):
     assert before - num_params(model) == (32 + 61) * (32 + 1 + 32)  # up row + bias, down column
     model = tiny_bert(layers=3)
     model, info = sf.prune_ffn(model, sf.PruneFFN(keep=0.25, criterion="magnitude"))
-    assert info["kept_total"] == 48 and sum(get_adapter(model).ffn_width(l)
-                                            for l in get_adapter(model).layers(model)) == 48
+    assert info["kept_total"] == 48 and sum(f.width for f in get_adapter(model).ffn(model)) == 48
     model = tiny_bert(layers=3)
     model, info = sf.prune_ffn(model, sf.PruneFFN(keep_count=10, scope="per_layer", criterion="magnitude", rounds=3))
     assert info["kept_per_layer"] == [10, 10, 10]
@@ -66,7 +65,7 @@ def test_bad_targets(tiny_bert):
             sf.PruneFFN(**kwargs)
     with pytest.raises(SlimformerError, match="unknown layer index 2"):
         keep_ffn(model, {2: [0]})
-    with pytest.raises(SlimformerError, match="every FFN neuron of layer 0"):
+    with pytest.raises(SlimformerError, match="every FFN neuron of encoder.0"):
         keep_ffn(model, {0: []})
     with pytest.raises(SlimformerError, match="exceeds the 64 FFN neurons of layer 0"):
         sf.prune_ffn(model, sf.PruneFFN(keep_count=65, scope="per_layer", criterion="magnitude"))

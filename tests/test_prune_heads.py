@@ -10,7 +10,7 @@ from slimformer.models import get_adapter
 from slimformer.models.io import num_params
 from slimformer.prune.gates import gated, mask_gates
 from slimformer.prune.heads import keep_heads
-from slimformer.tasks.base import Example, TaskData
+from slimformer.tasks import Example, TaskData
 
 from helpers import fresh_process_logits, logits
 
@@ -36,7 +36,7 @@ def test_gate_zero_equals_physical_removal(tiny_bert, batch, impl):
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
     assert (full - got).abs().max() > 1e-4  # the pruning did change the function
     ad = get_adapter(model)
-    assert [ad.num_heads(l) for l in ad.layers(model)] == [2, 3, 1]
+    assert [a.heads for a in ad.attention(model)] == [2, 3, 1]
 
 
 def test_parameter_count_matches_formula(tiny_bert):
@@ -78,9 +78,9 @@ def test_bad_targets_are_clear_errors(kwargs, pattern):
 
 def test_bad_keep_heads_calls(tiny_bert):
     model = tiny_bert(layers=2)
-    with pytest.raises(SlimformerError, match="every head of the model"):
+    with pytest.raises(SlimformerError, match="every head of encoder.0.self"):
         keep_heads(model, {0: [], 1: []})
-    with pytest.raises(SlimformerError, match="every head of layer 1"):
+    with pytest.raises(SlimformerError, match="every head of encoder.1.self"):
         keep_heads(model, {0: [0], 1: []})
     with pytest.raises(SlimformerError, match="unknown layer index 5"):
         keep_heads(model, {5: [0]})
@@ -146,7 +146,7 @@ def test_recipe_prune_heads_ffn_finetune_via_cli(tiny_bert, tokenizer, tmp_path)
     assert rows[2]["info"]["ffn_per_layer"] == [16, 16]
     reloaded, _ = models.load(str(tmp_path / "out"))
     ad = get_adapter(reloaded)
-    assert sum(ad.num_heads(l) for l in ad.layers(reloaded)) == 4
+    assert sum(a.heads for a in ad.attention(reloaded)) == 4
 
 
 def test_profile_on_pruned_model(tiny_bert, tokenizer):

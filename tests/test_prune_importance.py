@@ -19,11 +19,11 @@ def test_gradient_importance_matches_finite_difference(tiny_bert, batch):
         losses = []
         for sign in (1, -1):
             gates = ones_gates(model, "heads")
-            gates[layer][head] += sign * eps
+            gates[f"encoder.{layer}.self"][head] += sign * eps
             with torch.no_grad(), gated(model, heads=gates):
                 losses.append(float(model(**labelled).loss))
         fd = abs(losses[0] - losses[1]) / (2 * eps)
-        assert abs(fd - float(scores[layer][head])) < 1e-3 + 1e-2 * fd
+        assert abs(fd - float(scores[f"encoder.{layer}.self"][head])) < 1e-3 + 1e-2 * fd
 
 
 def test_ffn_gradient_scores_shape_and_sign(tiny_bert, batch):
@@ -36,11 +36,11 @@ def test_ffn_gradient_scores_shape_and_sign(tiny_bert, batch):
 
 def test_magnitude_importance_is_weight_norm(tiny_bert):
     model = tiny_bert(layers=1)
-    att = get_adapter(model).attention(get_adapter(model).layers(model)[0])
-    s = magnitude_importance(model, "heads")[0]
+    att = get_adapter(model).attention(model)[0]
+    s = magnitude_importance(model, "heads")["encoder.0.self"]
     d = att.head_dim
-    expect = torch.cat([att.query.weight[d:2 * d].flatten(), att.key.weight[d:2 * d].flatten(),
-                        att.value.weight[d:2 * d].flatten(), att.output.weight[:, d:2 * d].flatten()]).detach().norm()
+    expect = torch.cat([att.q.weight[d:2 * d].flatten(), att.k.weight[d:2 * d].flatten(),
+                        att.v.weight[d:2 * d].flatten(), att.o.weight[:, d:2 * d].flatten()]).detach().norm()
     assert abs(float(s[1]) - float(expect)) < 1e-5
 
 

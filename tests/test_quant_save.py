@@ -69,9 +69,9 @@ def test_mixed_reloads_and_respects_budget(setup, tmp_path):
     q, info = quantize_mixed(copy.deepcopy(model), batches, QuantizeMixed(budget=0.2, group_size=32))
     assert info["linear_bytes_fraction_of_fp32"] <= 0.2
     assert set(info["choice"].values()) <= {"int4", "int8", "fp32"} and len(info["choice"]) == 12
-    q0 = info["per_layer"]["layer 0"]  # the report's per-layer view: bits of q k v o up down
+    q0 = info["per_layer"]["encoder.0.self"]  # the report's per-layer view: bits of q k v o up down
     assert q0.split()[0] == "q" + {"int4": "4", "int8": "8", "fp32": "32"}[
-        info["choice"]["bert.encoder.layer.0.attention.self.query"]] and len(info["per_layer"]) == 2
+        info["choice"]["bert.encoder.layer.0.attention.self.query"]] and len(info["per_layer"]) == 4
     _roundtrip(q, tok, tmp_path / "mixed", fp, ratio=3.0)
 
 

@@ -11,7 +11,7 @@ from slimformer.fsutil import weights_size
 from slimformer.recipe import EvalSettings, compress
 from slimformer.share import ShareLayers, make_groups, share_layers, sharing_groups, to_albert
 from slimformer.steps import Context, apply_step, parse_step
-from slimformer.tasks.base import Example, TaskData
+from slimformer.tasks import Example, TaskData
 
 
 def _layer(model, i):

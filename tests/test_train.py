@@ -51,5 +51,5 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_bert, to
 
 
 def test_label_count_mismatch_is_clear(tmp_path, tiny_bert, tokenizer, easy_task):
-    with pytest.raises(SlimformerError, match="3 labels but task sst2 has 2"):
+    with pytest.raises(SlimformerError, match="3 output labels but task sst2 has 2"):
         finetune(tiny_bert(num_labels=3), tokenizer, easy_task, TrainConfig(**CFG), tmp_path / "w")

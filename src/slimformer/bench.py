@@ -78,7 +78,7 @@ def compare_latency(
     call, and per-call alternation would charge that to everyone. `block` defaults to 1 for calls over
     0.2 s (the switch is noise there) and 6 otherwise; `runs` is the number of rounds (default: from
     budget_s)."""
-    inputs = dummy_inputs(tokenizer, batch, seq_len)
+    inputs = dummy_inputs(tokenizer, batch, seq_len, model=next((c for c in candidates.values() if isinstance(c, torch.nn.Module)), None))
     fwds = {k: as_forward(v) for k, v in candidates.items()}
     times: dict[str, list[float]] = {k: [] for k in fwds}
     with threads(n_threads) as nt:

@@ -10,8 +10,7 @@ from .bench import as_forward, compare_latency, saved_size
 from .data import collator, encode
 from .models.io import num_params
 from .progress import track
-from .tasks.base import TaskData
-from .tasks.metrics import compute
+from .tasks.base import Task
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -23,11 +22,12 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 def predict(model: Any, tokenizer: Any, examples: list, max_len: int = 128, batch_size: int = 64,
-            desc: str = "predict") -> np.ndarray:
+            desc: str = "predict", task: Task | None = None) -> np.ndarray:
     """Logits for examples, batched and padded per batch; model is a module or a forward callable."""
     fwd = as_forward(model)
-    ds = encode(tokenizer, examples, max_len, with_labels=False)
-    collate = collator(tokenizer)
+    ds = task.encode(tokenizer, examples, max_len, with_labels=False) if task else encode(tokenizer, examples,
+                                                                                          max_len, with_labels=False)
+    collate = task.collator(tokenizer) if task else collator(tokenizer)
     out = []
     for start in track(range(0, len(ds), batch_size), desc=desc, total=(len(ds) + batch_size - 1) // batch_size):
         batch = collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
@@ -35,14 +35,10 @@ def predict(model: Any, tokenizer: Any, examples: list, max_len: int = 128, batc
     return np.concatenate(out)
 
 
-def evaluate_task(model: Any, tokenizer: Any, task: TaskData, split: str = "dev", max_len: int = 128,
+def evaluate_task(model: Any, tokenizer: Any, task: Task, split: str | None = None, max_len: int = 128,
                   max_examples: int | None = None) -> dict[str, float]:
-    """The task's metrics on a split."""
-    examples = task.split(split)
-    if max_examples:
-        examples = examples[:max_examples]
-    logits = predict(model, tokenizer, examples, max_len, desc=f"eval {task.name}/{split}")
-    return compute(task.metrics, [ex.label for ex in examples], logits.argmax(-1).tolist())
+    """The task's metrics on a split (default: the task's reporting split)."""
+    return task.evaluate(model, tokenizer, task.eval_split(split or task.default_split), max_len, max_examples)
 
 
 def footprint(model: torch.nn.Module, tokenizer: Any, seq_len: int = 128, batches: tuple[int, ...] = (1, 32),

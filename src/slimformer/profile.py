@@ -26,35 +26,54 @@ def _is_norm(m: nn.Module) -> bool:
     return "LayerNorm" in type(m).__name__ or "RMSNorm" in type(m).__name__ or isinstance(m, nn.LayerNorm)
 
 
+def _layer_label(ad: Any, model: nn.Module, unit: str, part: str) -> str:
+    """'layer 3 attention' for a one-stack model, 'decoder 3 cross-attention' for an encoder-decoder."""
+    stack, i = unit.split(".")[:2]
+    return f"{stack if ad.is_multi_stack(model) else 'layer'} {i} {part}"
+
+
 def timed_modules(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     """(row label, component, module) for every module the profile times."""
+    from .models import submodule
+
     ad = get_adapter(model)
-    out: list[tuple[str, str, nn.Module]] = [("embeddings", "embeddings", ad.embeddings(model))]
-    for i, layer in enumerate(ad.layers(model)):
-        out.append((f"layer {i} attention", "attention", ad.attention_block(layer)))
-        for mod in ad.ffn_blocks(layer):
-            out.append((f"layer {i} ffn", "ffn", mod))
+    out: list[tuple[str, str, nn.Module]] = [("embeddings", "embeddings", m) for m in ad.embedding_modules(model)]
+    layers = {(st.name, i): layer for st in ad.stacks(model) for i, layer in enumerate(st.layers)}
+    for a in ad.attention(model):
+        stack, i = a.unit.split(".")[:2]
+        assert a.spec is not None
+        block = submodule(layers[(stack, int(i))], a.spec.block or a.spec.path)
+        part = "attention" if a.kind == "self" else "cross-attention"
+        out.append((_layer_label(ad, model, a.unit, part), part, block))
+    for f in ad.ffn(model):
+        for mod in f.blocks:
+            out.append((_layer_label(ad, model, f.unit + ".x", "ffn"), "ffn", mod))
+    seen: set[int] = set()
+    out = [t for t in out if not (id(t[2]) in seen or seen.add(id(t[2])))]  # type: ignore[func-returns-value]
     names = {id(m) for _, _, m in out}
     for name, mod in model.named_modules():
         if _is_norm(mod) and id(mod) not in names:
             out.append(("layernorm", "layernorm", mod))
     for name in ad.head_modules(model):
-        mod = model.get_submodule(name)
-        out.append(("head", "head", mod))
+        out.append(("head", "head", model.get_submodule(name)))
     return out
 
 
 def _param_rows(model: nn.Module) -> dict[str, int]:
     ad = get_adapter(model)
+    comps = ad.component_map(model)
     rows: dict[str, int] = defaultdict(int)
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))
-        comp = ad.component_of(name)
-        idx = ad.layer_index(name)
-        label = f"layer {idx} {comp}" if comp in ("attention", "ffn") and idx is not None else comp
+        comp = comps.get(name.rsplit(".", 1)[0], "other").replace("norm", "layernorm")
+        where = ad.locate(model, name)
+        if comp in ("attention", "cross-attention", "ffn") and where is not None:
+            label = f"{where[0] if ad.is_multi_stack(model) else 'layer'} {where[1]} {comp}"
+        else:
+            label = comp
         rows[label] += p.numel()
     return rows
 
@@ -133,14 +152,15 @@ def profile_model(model: nn.Module, tokenizer: Any, seq_len: int = 128, batch: i
                   n_threads: int | None = None, runs: int = 10) -> dict[str, Any]:
     """The profile as a dict: rows per component plus totals (params, FLOPs, ms, memory, bytes on disk)."""
     model.eval()
-    inputs = dummy_inputs(tokenizer, batch, seq_len)
+    inputs = dummy_inputs(tokenizer, batch, seq_len, model=model)
     with threads(n_threads) as nt:
         params = _param_rows(model)
         flops, total_flops = _flop_rows(model, inputs)
         times, total_ms = _time_rows(model, inputs, runs)
         peak = _peak_memory(model, inputs)
     total_params = num_params(model)
-    order = ["embeddings"] + [k for k in params if k.startswith("layer")] + ["layernorm", "head", "other"]
+    order = ["embeddings"] + [k for k in params if k.split()[0] in ("layer", "encoder", "decoder")] + \
+        ["layernorm", "head", "other"]
     labels = list(dict.fromkeys(order + [k for k in list(params) + list(times) if k not in order]))
     rows = []
     for lab in labels:

@@ -37,7 +37,7 @@ from .fsutil import atomic_dir, write_json
 from .models.io import num_params, save
 from .progress import console
 from .steps import Context, StepConfig, apply_step, parse_step
-from .tasks import TaskData
+from .tasks import Task
 from .tasks import load as load_task
 
 
@@ -112,7 +112,7 @@ def _digest(steps: Sequence[StepConfig], upto: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def measure(model: torch.nn.Module, tokenizer: Any, task: TaskData | None, ev: EvalSettings) -> dict[str, Any]:
+def measure(model: torch.nn.Module, tokenizer: Any, task: Task | None, ev: EvalSettings) -> dict[str, Any]:
     """Metrics on the eval split, parameters, bytes on disk, latency per batch size."""
     row: dict[str, Any] = {"params": num_params(model)}
     if task is not None:
@@ -137,7 +137,7 @@ def compress(
     tokenizer: Any,
     steps: Sequence[StepConfig | dict[str, Any]],
     out: str | Path,
-    task: TaskData | None = None,
+    task: Task | None = None,
     eval_settings: EvalSettings | None = None,
     seed: int = 42,
     restart: bool = False,

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import SlimformerError
-from .tasks.base import TaskData
+from .tasks.base import Task
 
 ApplyFn = Callable[..., torch.nn.Module]
 REGISTRY: dict[str, tuple[type["StepConfig"], ApplyFn]] = {}
@@ -56,7 +56,7 @@ class Context:
     """What a step may use besides the model: tokenizer, task data, the original model, a work directory."""
 
     tokenizer: Any
-    task: TaskData | None
+    task: Task | None
     work_dir: Path  # the runner gives each step its own scratch directory (checkpoints, caches)
     teacher: torch.nn.Module | None = None  # the model as it entered the recipe (never modified)
     seed: int = 42
@@ -64,7 +64,7 @@ class Context:
     resume: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # what the step wants recorded in the ledger
 
-    def require_task(self, step: str) -> TaskData:
+    def require_task(self, step: str) -> Task:
         if self.task is None:
             raise SlimformerError(f"step '{step}' needs task data: pass --task and --data (or task/data in the recipe)")
         return self.task

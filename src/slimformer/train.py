@@ -14,10 +14,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .data import EncodedDataset, collator, encode
-from .errors import check
-from .tasks.base import TaskData
-from .tasks.metrics import compute
+from .data import EncodedDataset
+from .tasks.base import Task
 
 
 class TrainConfig(BaseModel):
@@ -46,15 +44,15 @@ def set_seed(seed: int) -> None:
     hf_set_seed(seed)
 
 
-def train_dataset(tokenizer: Any, task: TaskData, cfg: TrainConfig) -> EncodedDataset:
+def train_dataset(tokenizer: Any, task: Task, cfg: TrainConfig) -> EncodedDataset:
     examples = list(task.split("train"))
     if cfg.max_train_examples and cfg.max_train_examples < len(examples):
         rng = random.Random(cfg.seed)
         examples = rng.sample(examples, cfg.max_train_examples)
-    return encode(tokenizer, examples, cfg.max_len)
+    return task.encode(tokenizer, examples, cfg.max_len)
 
 
-def training_args(cfg: TrainConfig, out_dir: str | Path, eval_enabled: bool = False, **overrides: Any) -> Any:
+def training_args(cfg: TrainConfig, out_dir: str | Path, **overrides: Any) -> Any:
     from transformers import TrainingArguments
 
     args = dict(
@@ -71,7 +69,7 @@ def training_args(cfg: TrainConfig, out_dir: str | Path, eval_enabled: bool = Fa
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        eval_strategy="epoch" if eval_enabled else "no",
+        eval_strategy="no",
         logging_strategy="steps",
         logging_steps=50,
         report_to=[],
@@ -85,35 +83,64 @@ def training_args(cfg: TrainConfig, out_dir: str | Path, eval_enabled: bool = Fa
     return TrainingArguments(**args)
 
 
-def metrics_fn(task: TaskData) -> Any:
-    def fn(eval_pred: Any) -> dict[str, float]:
-        logits, labels = eval_pred
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        return compute(task.metrics, labels.tolist(), np.asarray(logits).argmax(-1).tolist())
+class TaskTrainer:
+    """Mixin for HF Trainers whose loss comes from the task (embedding similarity); see `trainer_class`."""
 
-    return fn
+    task: Task
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        loss = self.task.loss(model, inputs)
+        return (loss, {"loss": loss}) if return_outputs else loss
 
 
-def make_trainer(model: torch.nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, out_dir: str | Path,
-                 trainer_cls: Any = None, train_ds: Any = None, **trainer_kwargs: Any) -> Any:
-    """A Trainer on the task's train split (dev split evaluated each epoch when cfg.eval_each_epoch)."""
+def trainer_class(task: Task, base: Any = None) -> Any:
+    """The HF Trainer class for a task: the stock one, or one whose loss is the task's own."""
     from transformers import Trainer
 
+    base = base or Trainer
+    if not task.uses_custom_loss():
+        return base
+    return type(f"Task{base.__name__}", (TaskTrainer, base), {"task": task})
+
+
+class EvalCallback:
+    """Evaluates the task's metrics at the end of every epoch and logs them (any task kind)."""
+
+    def __new__(cls, task: Task, tokenizer: Any, max_len: int) -> Any:
+        from transformers import TrainerCallback
+
+        class _Eval(TrainerCallback):
+            def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+                if model is None or not is_main_process():
+                    return
+                was = model.training
+                model.eval()
+                metrics = task.evaluate(model, tokenizer, task.eval_split(task.default_split), max_len)
+                model.train(was)
+                state.log_history.append({"epoch": state.epoch, **{f"eval_{k}": v for k, v in metrics.items()}})
+                from .progress import console
+
+                console.print(f"epoch {state.epoch:.2f}: {metrics}")
+
+        return _Eval()
+
+
+def make_trainer(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: TrainConfig, out_dir: str | Path,
+                 trainer_cls: Any = None, train_ds: Any = None, callbacks: list[Any] | None = None,
+                 **trainer_kwargs: Any) -> Any:
+    """A Trainer on the task's train split (the task's metrics evaluated each epoch when cfg.eval_each_epoch)."""
     set_seed(cfg.seed)
     train_ds = train_ds if train_ds is not None else train_dataset(tokenizer, task, cfg)
-    eval_ds = None
+    callbacks = list(callbacks or [])
     if cfg.eval_each_epoch:
-        eval_ds = encode(tokenizer, task.split(task.eval_split()), cfg.max_len)
-    cls = trainer_cls or Trainer
-    return cls(
-        model=model,
-        args=training_args(cfg, out_dir, eval_ds is not None),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=collator(tokenizer),
-        compute_metrics=metrics_fn(task) if eval_ds is not None else None,
-        **trainer_kwargs,
-    )
+        callbacks.append(EvalCallback(task, tokenizer, cfg.max_len))
+    cls = trainer_class(task, trainer_cls)
+    args = training_args(cfg, out_dir)
+    if task.uses_custom_loss():
+        args.remove_unused_columns = False  # the task's loss reads columns the model's forward does not take
+    return cls(model=model, args=args, train_dataset=train_ds, data_collator=task.collator(tokenizer, model),
+               callbacks=callbacks, **trainer_kwargs)
 
 
 def last_checkpoint(out_dir: str | Path) -> str | None:
@@ -132,13 +159,10 @@ def run_training(trainer: Any, out_dir: str | Path, resume: bool) -> dict[str, A
             "train_loss": result.metrics.get("train_loss"), "resumed_from": ck}
 
 
-def finetune(model: torch.nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, work_dir: str | Path,
+def finetune(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: TrainConfig, work_dir: str | Path,
              resume: bool = False, callbacks: list[Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Fine-tune model in place on the task; returns (model, training stats)."""
-    check(task.kind == "classification", f"finetune supports classification tasks, not {task.kind}")
-    num_labels = getattr(model.config, "num_labels", None)
-    check(num_labels == len(task.labels),
-          f"the model has {num_labels} labels but task {task.name} has {len(task.labels)}")
+    task.check_model(model)
     trainer = make_trainer(model, tokenizer, task, cfg, work_dir, callbacks=callbacks)
     stats = run_training(trainer, work_dir, resume)
     model.eval()

@@ -16,11 +16,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..errors import check
+from ..errors import SlimformerError, check
 from ..models import get_adapter
 from ..progress import console
 from ..steps import Context, StepConfig, implements
-from ..tasks.base import TaskData
+from ..tasks.base import Task
 from .layer_map import build_layer_map, describe_layer_map
 from .trainer import (DistillTrainer, IndexedDataset, LossWeights, attach_projections, detach_projections,
                       teacher_logits_cache)
@@ -95,7 +95,7 @@ def resolve_layer_map(student: nn.Module, teacher: nn.Module, cfg: LossTerms) ->
 def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, train_ds: Any, collate: Any,
                      cfg: LossTerms, out_dir: str | Path, seed: int = 42, resume: bool = False,
                      max_len: int = 128, cached_logits: torch.Tensor | None = None,
-                     callbacks: list[Any] | None = None) -> dict[str, Any]:
+                     callbacks: list[Any] | None = None, task: Task | None = None) -> dict[str, Any]:
     """Train student against teacher on train_ds with the HF Trainer; returns stats (layer map, timings)."""
     from ..train import TrainConfig, run_training, set_seed, training_args
 
@@ -115,7 +115,9 @@ def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, tra
     args.remove_unused_columns = False  # else the Trainer's collator wrapper drops sf_index (the cache key)
     trainer = DistillTrainer(model=student, args=args, train_dataset=train_ds,
                              data_collator=collate, teacher=teacher, weights=w, layer_map=pairs,
-                             cached_logits=cached_logits, callbacks=callbacks)
+                             cached_logits=cached_logits, callbacks=callbacks,
+                             target=task.distill_target if task is not None else "logits",
+                             shift_labels=task is not None and task.kind == "language_modeling")
     t0 = time.perf_counter()
     try:
         with eager_attention([student, teacher], bool(w.attention)):
@@ -131,31 +133,37 @@ def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, tra
     return stats
 
 
-def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: TaskData, cfg: Distill,
+def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, cfg: Distill,
             work_dir: str | Path, seed: int = 42, max_len: int = 128,
             resume: bool = False, callbacks: list[Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Task-specific distillation of student (trained in place) from teacher; returns (student, stats)."""
-    from ..data import collator
     from ..train import TrainConfig, train_dataset
 
-    check(task.kind == "classification", f"distill supports classification tasks, not {task.kind}")
-    n_labels = getattr(student.config, "num_labels", None)
-    check(n_labels == len(task.labels), f"distill: the student has {n_labels} labels but task {task.name} "
-          f"has {len(task.labels)}")
-    check(not cfg.kd or getattr(teacher.config, "num_labels", None) == n_labels,
-          f"distill: kd needs a teacher with {n_labels} labels (the teacher has "
-          f"{getattr(teacher.config, 'num_labels', None)}); fine-tune the teacher on the task first")
+    check(task.distill_target != "embedding", "distill: a sentence-embedding model (similarity, embedding mode) "
+          "is not distilled by this step yet; use regression mode or finetune")
+    task.check_model(student)
+    if cfg.kd:
+        try:
+            task.check_model(teacher)
+        except SlimformerError as e:
+            raise SlimformerError(f"distill: kd needs a teacher trained for the task: {e}") from e
+    check(not cfg.cache_teacher or task.distill_target in ("logits", "regression"),
+          "distill: cache_teacher stores one logit row per example; per-token targets (translation, language "
+          "modelling) are computed on the fly")
+    check(not (cfg.cos or cfg.hidden or cfg.attention or cfg.pkd) or not get_adapter(student).is_multi_stack(student),
+          "distill: cos, hidden, attention and pkd terms need a single-stack model (encoder or decoder-only); "
+          "for an encoder-decoder use kd and ce")
     work_dir = Path(work_dir)
     base = train_dataset(tokenizer, task, TrainConfig(max_len=max_len, seed=seed,
                                                       max_train_examples=cfg.max_train_examples))
-    collate = collator(tokenizer)
+    collate = task.collator(tokenizer, student)
     cached, cache_s = None, None
     if cfg.cache_teacher:
         t0 = time.perf_counter()
         cached = teacher_logits_cache(teacher, base, collate, work_dir / "teacher_logits.safetensors")
         cache_s = round(time.perf_counter() - t0, 2)
     stats = run_distillation(student, teacher, tokenizer, IndexedDataset(base), collate, cfg, work_dir, seed,
-                             resume, max_len, cached, callbacks)
+                             resume, max_len, cached, callbacks, task)
     stats["teacher_cache_s"] = cache_s
     return student, stats
 

@@ -22,7 +22,6 @@ from ..models import apply_op, get_adapter, register_op
 from ..prune.layers import keep_layers
 from ..steps import Context, StepConfig, implements
 
-FRESH_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 
 
 class NoTokenTypes(nn.Module):
@@ -55,8 +54,10 @@ class MakeStudent(StepConfig):
     step: ClassVar[str] = "make_student"
     every: int | None = Field(None, ge=1, description="keep layers 0, k, 2k, ... (DistilBERT: 2)")
     layers: list[int] | None = Field(None, description="explicit teacher layers to keep (0-based)")
-    fresh: dict[str, int] | None = Field(None, description="random init with a smaller config, e.g. "
-                                         "{num_hidden_layers: 4, hidden_size: 256, ...}")
+    stack: str | None = Field(None, description="encoder or decoder: select layers of that stack only "
+                              "(default: every stack)")
+    fresh: dict[str, int] | None = Field(None, description="random init with a smaller config: integer config "
+                                         "fields, e.g. {num_hidden_layers: 4, hidden_size: 256, ...}")
     drop_token_type: bool = False
     drop_pooler: bool = False
 
@@ -66,9 +67,6 @@ class MakeStudent(StepConfig):
         check(len(chosen) <= 1, "make_student: give at most one of every, layers, fresh")
         if not chosen and not (self.drop_token_type or self.drop_pooler):
             self.every = 2
-        if self.fresh is not None:
-            bad = [k for k in self.fresh if k not in FRESH_KEYS]
-            check(not bad, f"make_student: fresh: unknown key {bad[:1]} (allowed: {', '.join(FRESH_KEYS)})")
         return self
 
 
@@ -76,7 +74,10 @@ def _fresh(model: nn.Module, sizes: dict[str, int]) -> nn.Module:
     """A randomly initialised model of the same class with a smaller config; embeddings copied if widths match."""
     cfg = copy.deepcopy(model.config)
     for k, v in sizes.items():
-        check(v >= 1, f"make_student: fresh: {k} must be >= 1")
+        current = getattr(cfg, k, None)
+        check(isinstance(current, int) and not isinstance(current, bool),
+              f"make_student: fresh: {k!r} is not an integer field of the {cfg.model_type} config")
+        check(isinstance(v, int) and v >= 1, f"make_student: fresh: {k} must be an integer >= 1")
         setattr(cfg, k, v)
     check(cfg.hidden_size % cfg.num_attention_heads == 0,
           f"make_student: hidden_size {cfg.hidden_size} is not divisible by num_attention_heads "
@@ -85,9 +86,11 @@ def _fresh(model: nn.Module, sizes: dict[str, int]) -> nn.Module:
     torch.manual_seed(0)
     student = type(model)(cfg)
     adapter = get_adapter(model)
-    if cfg.hidden_size == model.config.hidden_size:
-        student_emb, teacher_emb = adapter.embeddings(student), adapter.embeddings(model)
-        student_emb.load_state_dict(teacher_emb.state_dict(), strict=False)
+    for s_emb, t_emb in zip(adapter.embedding_modules(student), adapter.embedding_modules(model)):
+        t_state = t_emb.state_dict()
+        s_state = {k: v for k, v in t_state.items() if k in s_emb.state_dict()
+                   and s_emb.state_dict()[k].shape == v.shape}
+        s_emb.load_state_dict(s_state, strict=False)  # tables of matching width start from the teacher's
     return student.eval()
 
 
@@ -108,16 +111,20 @@ def student_layers(n: int, every: int) -> list[int]:
 
 def _build(model: nn.Module, cfg: MakeStudent) -> nn.Module:
     adapter = get_adapter(model)
-    n = len(adapter.layers(model))
     if cfg.fresh is not None:
         model = _fresh(model, cfg.fresh)
     elif cfg.every is not None or cfg.layers is not None:
-        keep = cfg.layers if cfg.layers is not None else student_layers(n, cfg.every or 2)
-        check(sorted(keep) == list(keep), f"make_student: layers must be increasing, got {keep}")
-        try:
-            keep_layers(model, list(keep))
-        except SlimformerError as e:
-            raise SlimformerError(f"make_student: {e}") from e
+        stacks = [cfg.stack] if cfg.stack else [s.name for s in adapter.stacks(model)]
+        check(cfg.layers is None or len(stacks) == 1,
+              f"make_student: layers: name the stack ({' or '.join(stacks)}) these indices belong to with stack:")
+        for st in stacks:
+            n = len(adapter.layers(model, st))
+            keep = cfg.layers if cfg.layers is not None else student_layers(n, cfg.every or 2)
+            check(sorted(keep) == list(keep), f"make_student: layers must be increasing, got {keep}")
+            try:
+                keep_layers(model, list(keep), st)
+            except SlimformerError as e:
+                raise SlimformerError(f"make_student: {e}") from e
     if cfg.drop_token_type:
         tt = adapter.token_type_embeddings(model)
         pos = adapter.position_embeddings(model)
@@ -134,11 +141,12 @@ def _build(model: nn.Module, cfg: MakeStudent) -> nn.Module:
     return model
 
 
-def layer_origin(model: nn.Module) -> list[int] | None:
-    """Which original layers a student kept (from its recorded keep_layers ops), or None."""
+def layer_origin(model: nn.Module, stack: str | None = None) -> list[int] | None:
+    """Which original layers of a stack (default: the first) a student kept (from its keep_layers ops), or None."""
+    stack = stack or get_adapter(model).stacks(model)[0].name
     idx: list[int] | None = None
     for op in (getattr(model.config, "slimformer", None) or {}).get("ops", []):
-        if op.get("op") == "keep_layers":
+        if op.get("op") == "keep_layers" and op["args"].get("stack", stack) == stack:
             keep = op["args"]["keep"]
             idx = keep if idx is None else [idx[i] for i in keep]
     return idx
@@ -147,7 +155,9 @@ def layer_origin(model: nn.Module) -> list[int] | None:
 @implements(MakeStudent)
 def make_student_step(model: nn.Module, cfg: MakeStudent, ctx: Context) -> nn.Module:
     student = _build(model, cfg)
-    info: dict[str, Any] = {"layers": len(get_adapter(student).layers(student))}
+    ad = get_adapter(student)
+    info: dict[str, Any] = {"layers": {s.name: len(s.layers) for s in ad.stacks(student)}
+                            if ad.is_multi_stack(student) else len(ad.layers(student))}
     origin = layer_origin(student)
     if origin is not None:
         info["from_teacher_layers"] = origin

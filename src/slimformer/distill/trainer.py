@@ -142,9 +142,14 @@ def teacher_logits_cache(teacher: nn.Module, dataset: Any, collate: Any, path: P
 class DistillTrainer(Trainer):
     """Trainer with a distillation loss; pass teacher, weights, layer_map (and optionally cached logits)."""
 
+    target = "logits"  # logits (softmax KL) | token_logits (per-token KL) | regression (MSE)
+    shift_labels = False  # causal LM: position t predicts label t + 1
+
     def __init__(self, *args: Any, teacher: nn.Module, weights: LossWeights, layer_map: Pairs,
-                 cached_logits: torch.Tensor | None = None, **kwargs: Any):
+                 cached_logits: torch.Tensor | None = None, target: str = "logits", shift_labels: bool = False,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.target, self.shift_labels = target, shift_labels
         self.teacher = teacher.eval()  # runs under no_grad; its requires_grad flags are left alone (a later
         # make_student(teacher) copy must stay trainable)
         self.weights = weights
@@ -194,11 +199,19 @@ class DistillTrainer(Trainer):
             if s_logits is None or t_out["logits"] is None or s_logits.shape[-1] != t_out["logits"].shape[-1]:
                 raise SlimformerError("distill: kd needs student and teacher with the same output head "
                                       "(set kd: 0 to distil hidden states only)")
-            terms["kd"] = L.kd_loss(s_logits, t_out["logits"], w.temperature, token_mask)
+            if self.target == "regression":
+                terms["kd"] = torch.nn.functional.mse_loss(s_logits.float(), t_out["logits"].float())
+            else:
+                terms["kd"] = L.kd_loss(s_logits, t_out["logits"], w.temperature, token_mask)
         if w.ce:
             if labels is None or s_logits is None or (token_mask is not None and s_logits.dim() != 3):
                 raise SlimformerError("distill: ce needs gold labels and a student head that predicts them")
-            terms["ce"] = L.hard_ce(s_logits, labels)
+            if self.target == "regression":
+                terms["ce"] = torch.nn.functional.mse_loss(s_logits.float().squeeze(-1), labels.float())
+            elif self.shift_labels:
+                terms["ce"] = L.hard_ce(s_logits[:, :-1], labels[:, 1:])
+            else:
+                terms["ce"] = L.hard_ce(s_logits, labels)
         if w.needs_teacher_states:
             terms.update(self._state_terms(model, s_out, t_out, mask))
         return terms

@@ -98,23 +98,24 @@ def _factorize_embeddings(model: nn.Module, size: int) -> None:
           f"factorize_embeddings: the word embeddings are {type(emb).__name__}, not an nn.Embedding")
     v, h = emb.weight.shape
     new = FactorizedEmbedding(v, h, size, emb.padding_idx).to(device=emb.weight.device, dtype=emb.weight.dtype)
-    parent = adapter.embeddings(model)
-    name = next((n for n, m in parent.named_children() if m is emb), None)
-    check(name is not None, "factorize_embeddings: cannot locate the word-embedding module")
-    setattr(parent, name, new)  # type: ignore[arg-type]
+    adapter.set_word_embeddings(model, new)
 
 
 def _tied_output(model: nn.Module) -> bool:
+    """The word-embedding table is also used elsewhere: an output layer, or a second stack's embeddings."""
+    emb = get_adapter(model).word_embeddings(model)
+    users = [n for n, m in model.named_modules(remove_duplicate=False) if m is emb]
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return out is not None
+    tied = out is not None and getattr(out, "weight", None) is getattr(emb, "weight", None)
+    return tied or len(users) > 1
 
 
 def factorize_embeddings(model: nn.Module, size: int, row_weights: torch.Tensor | None = None) -> nn.Module:
     """Replace the word embeddings by the rank-`size` SVD factorization (recorded so the model reloads).
 
     row_weights (one per token, e.g. from `token_weights`) make it a token-weighted SVD."""
-    check(not _tied_output(model), "factorize_embeddings: models whose output layer is tied to the word "
-          "embeddings (masked-LM heads) are not supported; use a task model")
+    check(not _tied_output(model), "factorize_embeddings: the word-embedding table is tied to an output layer "
+          "or shared by another stack; only a model that uses it once (an encoder with a task head) is supported")
     emb = get_adapter(model).word_embeddings(model)
     check(isinstance(emb, nn.Embedding),
           f"factorize_embeddings: the word embeddings are {type(emb).__name__}, not an nn.Embedding "

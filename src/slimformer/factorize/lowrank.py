@@ -129,16 +129,14 @@ def select_layers(model: nn.Module, parts: Sequence[str] = ("attention", "ffn"),
     heads = adapter.head_modules(model)
     names = {id(m): n for n, m in model.named_modules()}
     if include is None:
-        chosen = []
-        for layer in adapter.layers(model):
-            mods: list[nn.Module] = []
-            if "attention" in parts:
-                a = adapter.attention(layer)
-                mods += [a.query, a.key, a.value, a.output]
-            if "ffn" in parts:
-                f = adapter.ffn(layer)
-                mods += [f.up, f.down]
-            chosen += [names[id(m)] for m in mods if isinstance(m, nn.Linear)]
+        mods: list[nn.Module] = []
+        if "attention" in parts:
+            for a in adapter.attention(model):
+                mods += [a.q, a.k, a.v, a.o] if not a.fused else [a.q, a.o]
+        if "ffn" in parts:
+            for f in adapter.ffn(model):
+                mods += [*f.up, f.down]
+        chosen = list(dict.fromkeys(names[id(m)] for m in mods if isinstance(m, nn.Linear)))
     else:
         chosen = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
                   and any(re.search(p, n) for p in include)]

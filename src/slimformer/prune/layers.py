@@ -18,6 +18,7 @@ class DropLayers(StepConfig):
     keep: float | None = Field(None, gt=0, description="layers to keep: a count >= 1 or a ratio in (0, 1)")
     drop: list[int] | None = Field(None, description="explicit layer indices to drop (0-based)")
     strategy: Literal["top", "bottom", "alternate"] = "top"
+    stack: str | None = Field(None, description="encoder or decoder (required for an encoder-decoder model)")
 
     @model_validator(mode="after")
     def _one_target(self) -> "DropLayers":
@@ -42,34 +43,48 @@ def layers_to_keep(n: int, keep: int, strategy: str) -> list[int]:
 
 
 @register_op("keep_layers")
-def _keep_layers(model: nn.Module, keep: list[int]) -> None:
+def _keep_layers(model: nn.Module, keep: list[int], stack: str | None = None) -> None:
     adapter = get_adapter(model)
-    layers = adapter.layers(model)
-    adapter.set_layers(model, nn.ModuleList([layers[i] for i in keep]))
+    adapter.set_layers(model, adapter.stack(model, stack).name, list(keep))
 
 
-def keep_layers(model: nn.Module, keep: list[int]) -> nn.Module:
-    """Keep only the given layer indices (in order); recorded so the model reloads."""
-    n = len(get_adapter(model).layers(model))
-    bad = [i for i in keep if not 0 <= i < n]
-    check(not bad, f"unknown layer index {bad[0] if bad else ''}: the model has layers 0..{n - 1}")
-    check(len(keep) > 0, "cannot drop every layer of the model")
+def stack_of(model: nn.Module, stack: str | None, step: str) -> str:
+    """The stack a layer step works on: the named one, or the only one."""
+    adapter = get_adapter(model)
+    names = [s.name for s in adapter.stacks(model)]
+    if stack is None:
+        check(len(names) == 1, f"{step}: the model has stacks {' and '.join(names)}; name one with stack:")
+        return names[0]
+    check(stack in names, f"{step}: the model has no {stack} stack (it has {', '.join(names)})")
+    return stack
+
+
+def keep_layers(model: nn.Module, keep: list[int], stack: str | None = None) -> nn.Module:
+    """Keep only the given layer indices of a stack (in order); recorded so the model reloads."""
+    stack = stack_of(model, stack, "keep_layers")
+    n = len(get_adapter(model).layers(model, stack))
+    bad = [i for i in keep if not isinstance(i, int) or not 0 <= i < n]
+    check(not bad, f"unknown layer index {bad[0] if bad else ''}: the {stack} has layers 0..{n - 1}")
+    check(len(keep) > 0, f"cannot drop every layer of the {stack}")
     check(len(set(keep)) == len(keep), "layer indices to keep must be distinct")
-    apply_op(model, "keep_layers", keep=sorted(keep))
+    args = {"keep": sorted(keep)} if len(get_adapter(model).stacks(model)) == 1 else {"keep": sorted(keep),
+                                                                                       "stack": stack}
+    apply_op(model, "keep_layers", **args)
     return model
 
 
 @implements(DropLayers)
 def drop_layers(model: nn.Module, cfg: DropLayers, ctx: Context) -> nn.Module:
-    n = len(get_adapter(model).layers(model))
+    stack = stack_of(model, cfg.stack, "drop_layers")
+    n = len(get_adapter(model).layers(model, stack))
     if cfg.drop is not None:
         bad = [i for i in cfg.drop if not 0 <= i < n]
-        check(not bad, f"drop_layers: unknown layer index {bad[0] if bad else ''} (the model has layers 0..{n - 1})")
+        check(not bad, f"drop_layers: unknown layer index {bad[0] if bad else ''} (the {stack} has layers 0..{n - 1})")
         keep = [i for i in range(n) if i not in set(cfg.drop)]
     else:
         assert cfg.keep is not None
         count = int(cfg.keep) if cfg.keep >= 1 else max(1, round(cfg.keep * n))
-        check(count <= n, f"drop_layers: keep={count} but the model has only {n} layers")
+        check(count <= n, f"drop_layers: keep={count} but the {stack} has only {n} layers")
         keep = layers_to_keep(n, count, cfg.strategy)
     ctx.note("kept_layers", keep)
-    return keep_layers(model, keep)
+    return keep_layers(model, keep, stack)

@@ -16,9 +16,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import check
-from ..models import get_adapter
+from ..models import iter_units
 from ..steps import StepConfig
-from ..tasks.base import TaskData
+from ..tasks.base import Task
 from .importance import importance, importance_batches
 
 
@@ -53,9 +53,9 @@ class StructuredPrune(StepConfig):
         return self
 
 
-def unit_counts(model: nn.Module, unit: str) -> list[int]:
-    adapter = get_adapter(model)
-    return [adapter.num_heads(l) if unit == "heads" else adapter.ffn_width(l) for l in adapter.layers(model)]
+def unit_counts(model: nn.Module, unit: str) -> dict[str, int]:
+    """{unit name: prunable count} in model order: heads (or KV groups) per attention block, or neurons per FFN."""
+    return dict(iter_units(model, unit))
 
 
 def final_targets(cfg: StructuredPrune, counts: list[int]) -> list[int] | int:
@@ -87,13 +87,13 @@ def round_target(final: list[int] | int, start: list[int] | int, k: int, rounds:
     return one(final, start)  # type: ignore[arg-type]
 
 
-def select(scores: dict[int, torch.Tensor], target: list[int] | int, min_per_layer: int = 1) -> dict[int, list[int]]:
+def select(scores: dict[Any, torch.Tensor], target: list[int] | int, min_per_layer: int = 1) -> dict[Any, list[int]]:
     """Indices to keep per layer: top-k per layer, or top target globally with min_per_layer in every layer."""
-    layers = sorted(scores)
+    layers = list(scores)
     if isinstance(target, list):
         return {i: sorted(torch.topk(scores[i], min(t, scores[i].numel())).indices.tolist())
                 for i, t in zip(layers, target)}
-    keep: dict[int, set[int]] = {i: set(torch.topk(scores[i], min(min_per_layer, scores[i].numel())).indices.tolist())
+    keep: dict[Any, set[int]] = {i: set(torch.topk(scores[i], min(min_per_layer, scores[i].numel())).indices.tolist())
                                  for i in layers}
     rest = [(float(scores[i][j]), i, j) for i in layers for j in range(scores[i].numel()) if j not in keep[i]]
     rest.sort(key=lambda t: (-t[0], t[1], t[2]))
@@ -102,8 +102,8 @@ def select(scores: dict[int, torch.Tensor], target: list[int] | int, min_per_lay
     return {i: sorted(keep[i]) for i in layers}
 
 
-def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.Module, dict[int, list[int]]], None],
-               tokenizer: Any = None, task: TaskData | None = None, work_dir: str | Path | None = None,
+def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.Module, dict[str, list[int]]], None],
+               tokenizer: Any = None, task: Task | None = None, work_dir: str | Path | None = None,
                seed: int = 42, max_len: int = 128) -> dict[str, Any]:
     """Score, select and physically prune in cfg.rounds rounds; returns what was kept (original indices)."""
     from ..train import TrainConfig, finetune
@@ -111,23 +111,24 @@ def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.
     if cfg.needs_data:
         check(task is not None and tokenizer is not None,
               f"{cfg.step}: criterion '{cfg.criterion}' / recovery needs a tokenizer and task data")
-    counts0 = unit_counts(model, cfg.unit)
+    counts = unit_counts(model, cfg.unit)
+    counts0 = list(counts.values())
     final = final_targets(cfg, counts0)
     start: list[int] | int = counts0 if isinstance(final, list) else sum(counts0)
-    origin = {i: list(range(n)) for i, n in enumerate(counts0)}
+    origin = {u: list(range(n)) for u, n in counts.items()}
     history = []
     batches = None
     if cfg.criterion == "gradient":  # the same examples every round (re-scored on the pruned model)
         assert task is not None
-        batches = importance_batches(tokenizer, task, cfg.importance_examples, max_len, cfg.batch_size, seed)
+        batches = importance_batches(tokenizer, task, cfg.importance_examples, max_len, cfg.batch_size, seed, model)
     for k in range(1, cfg.rounds + 1):
-        scores = importance(model, cfg.unit, cfg.criterion, batches, cfg.normalize)
+        scores = importance(model, cfg.unit, cfg.criterion, batches, cfg.normalize, task)
         keep = select(scores, round_target(final, start, k, cfg.rounds), cfg.min_per_layer)
         changed = {i: kept for i, kept in keep.items() if len(kept) < len(origin[i])}
         if changed:
             apply_keep(model, changed)
         origin = {i: [origin[i][j] for j in keep[i]] for i in origin}
-        history.append({"round": k, "kept_per_layer": [len(origin[i]) for i in sorted(origin)]})
+        history.append({"round": k, "kept_per_layer": [len(v) for v in origin.values()]})
         if cfg.recovery_epochs and k < cfg.rounds:
             assert task is not None
             tcfg = TrainConfig(epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.batch_size,
@@ -135,6 +136,6 @@ def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.
             base = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="slimformer-prune-"))
             model, stats = finetune(model, tokenizer, task, tcfg, base / f"recovery-{k}")
             history[-1]["recovery_train_loss"] = stats.get("train_loss")
-    return {"unit": cfg.unit, "kept": {str(i): origin[i] for i in sorted(origin)},
-            "kept_per_layer": [len(origin[i]) for i in sorted(origin)], "original_per_layer": counts0,
+    return {"unit": cfg.unit, "kept": dict(origin), "units": list(origin),
+            "kept_per_layer": [len(v) for v in origin.values()], "original_per_layer": counts0,
             "kept_total": sum(len(v) for v in origin.values()), "original_total": sum(counts0), "rounds": history}

@@ -36,8 +36,9 @@ from torch import nn
 
 from ..errors import check
 from ..models import get_adapter
+from ..models.linear import is_linear
 from ..steps import Context, StepConfig, implements
-from ..tasks.base import TaskData
+from ..tasks.base import Task
 
 CRITERIA = ("magnitude", "movement")
 
@@ -104,17 +105,16 @@ def prunable(model: nn.Module, include: list[str] | None = None) -> dict[str, nn
     adapter = get_adapter(model)
     names = {id(m): n for n, m in model.named_modules()}
     if include is None:
-        mods = []
-        for layer in adapter.layers(model):
-            att, ffn = adapter.attention(layer), adapter.ffn(layer)
-            mods += [att.query, att.key, att.value, att.output, ffn.up, ffn.down]
-        found = {names[id(m)]: m for m in mods if isinstance(m, nn.Linear)}
+        mods: list[nn.Module] = []
+        for att in adapter.attention(model):
+            mods += [att.q, att.k, att.v, att.o] if not att.fused else [att.q, att.o]
+        for ffn in adapter.ffn(model):
+            mods += [*ffn.up, ffn.down]
+        found = {names[id(m)]: m for m in mods if is_linear(m)}
     else:
         pats = [re.compile(p) for p in include]
-        found = {n: m for n, m in model.named_modules()
-                 if isinstance(m, nn.Linear) and any(p.search(n) for p in pats)}
-    emb = names.get(id(adapter.embeddings(model)), "\0")
-    skip = [emb] + adapter.head_modules(model)
+        found = {n: m for n, m in model.named_modules() if is_linear(m) and any(p.search(n) for p in pats)}
+    skip = [names[id(m)] for m in adapter.embedding_modules(model)] + adapter.head_modules(model)
     found = {n: m for n, m in found.items() if not any(n == s or n.startswith(s + ".") for s in skip)}
     check(len(found) > 0, f"prune_unstructured: no Linear layer to prune (include={include}); embeddings, "
           f"pooler and task head are never pruned")
@@ -127,8 +127,8 @@ def prunable(model: nn.Module, include: list[str] | None = None) -> dict[str, nn
     return out
 
 
-def movement_scores(model: nn.Module, mods: dict[str, nn.Linear],
-                    batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def movement_scores(model: nn.Module, mods: dict[str, nn.Linear], batches: list[dict[str, torch.Tensor]],
+                    task: Task | None = None) -> dict[str, torch.Tensor]:
     """Sanh et al. first-order movement score -sum_batches W * dL/dW for every weight of mods."""
     check(len(batches) > 0, "prune_unstructured: movement needs at least one batch of task examples")
     weights = [m.weight for m in mods.values()]
@@ -141,10 +141,10 @@ def movement_scores(model: nn.Module, mods: dict[str, nn.Linear],
         w.requires_grad_(True)
     try:
         for batch in batches:
-            out = model(**batch)
-            check(getattr(out, "loss", None) is not None, "prune_unstructured: movement needs a model that "
-                  "returns a loss for labelled batches (a task head)")
-            for s, w, g in zip(scores, weights, torch.autograd.grad(out.loss, weights)):
+            loss = task.loss(model, batch) if task is not None else model(**batch).loss
+            check(loss is not None, "prune_unstructured: movement needs a model that returns a loss for labelled "
+                  "batches (a task head)")
+            for s, w, g in zip(scores, weights, torch.autograd.grad(loss, weights)):
                 s -= (w.detach() * g).float()
     finally:
         for p, rg in zip(model.parameters(), flags):
@@ -196,13 +196,15 @@ def mask_callback(mods: dict[str, nn.Linear], masks: dict[str, torch.Tensor]) ->
 
 
 def sparsity_report(model: nn.Module, mods: dict[str, nn.Linear]) -> dict[str, Any]:
-    """Zeros of the included weights: per encoder layer, per matrix and overall (measured on the weights)."""
+    """Zeros of the included weights: per layer, per matrix and overall (measured on the weights)."""
     adapter = get_adapter(model)
     per_mod = {n: (int((m.weight == 0).sum()), m.weight.numel()) for n, m in mods.items()}
     layers: dict[str, list[int]] = {}
     for n, (z, t) in per_mod.items():
-        i = adapter.layer_index(n)
-        acc = layers.setdefault(str(i) if i is not None else "other", [0, 0])
+        where = adapter.locate(model, n)
+        key = "other" if where is None else (str(where[1]) if not adapter.is_multi_stack(model)
+                                             else f"{where[0]}.{where[1]}")
+        acc = layers.setdefault(key, [0, 0])
         acc[0] += z
         acc[1] += t
     zeros, total = sum(z for z, _ in per_mod.values()), sum(t for _, t in per_mod.values())
@@ -216,7 +218,7 @@ def sparse_encode(model: nn.Module) -> dict[str, torch.Tensor]:
     smaller than the dense tensor becomes `<name>.values` (its nonzeros, same dtype, row-major order) +
     `<name>.bitmask` (one bit per weight, numpy packbits order) + `<name>.shape`. A bitmask beats CSR with
     int32 column indices below ~97% sparsity (1 bit per weight vs 32 bits per nonzero)."""
-    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    linear_weights = {id(m.weight) for m in model.modules() if is_linear(m)}
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, p in model.state_dict(keep_vars=True).items():  # what save_model writes
@@ -263,7 +265,7 @@ def sparse_size(model: nn.Module) -> int:
 
 
 def _recover(model: nn.Module, cfg: PruneUnstructured, n_steps: int, callback: Any, tokenizer: Any,
-             task: TaskData, out: Path, seed: int, max_len: int, resume: bool) -> float | None:
+             task: Task, out: Path, seed: int, max_len: int, resume: bool) -> float | None:
     from ..train import TrainConfig, finetune
 
     tcfg = TrainConfig(max_steps=n_steps, lr=cfg.recovery_lr, batch_size=cfg.batch_size, max_len=max_len, seed=seed,
@@ -272,7 +274,7 @@ def _recover(model: nn.Module, cfg: PruneUnstructured, n_steps: int, callback: A
     return stats.get("train_loss")
 
 
-def prune_unstructured(model: nn.Module, cfg: PruneUnstructured, tokenizer: Any = None, task: TaskData | None = None,
+def prune_unstructured(model: nn.Module, cfg: PruneUnstructured, tokenizer: Any = None, task: Task | None = None,
                        work_dir: str | Path | None = None, seed: int = 42, max_len: int = 128,
                        resume: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Prune model's weights in place by cfg; returns (model, sparsity report with the per-increment history)."""
@@ -288,14 +290,14 @@ def prune_unstructured(model: nn.Module, cfg: PruneUnstructured, tokenizer: Any 
     batches = None
     if cfg.criterion == "movement":
         assert task is not None
-        batches = importance_batches(tokenizer, task, cfg.score_examples, max_len, cfg.batch_size, seed)
+        batches = importance_batches(tokenizer, task, cfg.score_examples, max_len, cfg.batch_size, seed, model)
     base = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="slimformer-unstructured-"))
     callback = mask_callback(mods, masks)
     history = []
     schedule = cubic_schedule(cfg.sparsity, cfg.steps)
     for k, target in enumerate(schedule, start=1):
         if cfg.criterion == "movement":
-            scores = movement_scores(model, mods, batches or [])
+            scores = movement_scores(model, mods, batches or [], task)
         else:
             scores = {n: m.weight.detach().abs() for n, m in mods.items()}
         new = select_masks(scores, masks, target, cfg.scope)

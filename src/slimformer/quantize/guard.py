@@ -11,27 +11,33 @@ import torch
 from torch import nn
 
 from ..evaluate import evaluate_task
-from ..tasks.base import TaskData
+from ..tasks.base import Task
+from ..tasks.metrics import change
 from .modules import QEmbedding, QLinear
 
 log = logging.getLogger("slimformer.quantize")
 QUANT_TYPES = (QLinear, QEmbedding)
 
 
-def calibration_batches(tokenizer: Any, task: TaskData, n: int = 128, max_len: int = 128, batch_size: int = 16,
-                        seed: int = 0, split: str = "train") -> list[dict[str, torch.Tensor]]:
-    """Padded input batches (no labels) from n examples of a split, drawn with a fixed seed."""
+def calibration_batches(tokenizer: Any, task: Task, n: int = 128, max_len: int = 128, batch_size: int = 16,
+                        seed: int = 0, split: str = "train", model: nn.Module | None = None
+                        ) -> list[dict[str, torch.Tensor]]:
+    """Model-input batches (no labels) from n examples of a split, drawn with a fixed seed. Encoder-decoders
+    get the decoder inputs of the reference targets; language models get blocks of max_len tokens."""
     import random
-
-    from ..data import collator, encode
 
     examples = list(task.split(split))
     if n < len(examples):
         examples = random.Random(seed).sample(examples, n)
-    ds = encode(tokenizer, examples, max_len, with_labels=False)
-    collate = collator(tokenizer)
-    return [dict(collate([ds[i] for i in range(s, min(s + batch_size, len(ds)))]))
-            for s in range(0, len(ds), batch_size)]
+    seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    ds = task.encode(tokenizer, examples, max_len, with_labels=seq2seq or task.kind == "language_modeling")
+    collate = task.collator(tokenizer, model)
+    out = []
+    for s in range(0, len(ds), batch_size):
+        b = dict(collate([ds[i] for i in range(s, min(s + batch_size, len(ds)))]))
+        b.pop("labels", None)
+        out.append(b)
+    return out
 
 
 @torch.no_grad()
@@ -74,36 +80,72 @@ def _torch_proxy(reference: nn.Module, quantized: nn.Module) -> nn.Module:
     return proxy
 
 
-def check_accuracy(reference: nn.Module | Callable, quantized: nn.Module | Callable, tokenizer: Any, task: TaskData,
+def compare_metrics(task: Task, before: dict[str, float], after: dict[str, float],
+                    tolerance: float) -> list[dict[str, Any]]:
+    """One row per metric of the task: before, after, change (positive = better; points, or % for perplexity)
+    and whether the loss exceeds the tolerance."""
+    rows = []
+    for m in task.metrics:
+        if m not in before or m not in after:
+            continue
+        gain, text = change(m, before[m], after[m])
+        rows.append({"metric": m, "before": round(before[m], 4), "after": round(after[m], 4), "change": text,
+                     "loss": round(max(0.0, -gain), 3), "over": -gain > tolerance})
+    return rows
+
+
+def recall_drops(before: dict[str, float], after: dict[str, float], limit: float) -> list[dict[str, Any]]:
+    """Classes whose recall fell by more than `limit` points."""
+    out = []
+    for cls, r0 in before.items():
+        d = 100.0 * (r0 - after.get(cls, 0.0))
+        if d > limit:
+            out.append({"class": cls, "recall_before": round(r0, 4), "recall_after": round(after.get(cls, 0.0), 4),
+                        "drop_points": round(d, 2)})
+    return sorted(out, key=lambda r: -r["drop_points"])
+
+
+def check_accuracy(reference: nn.Module | Callable, quantized: nn.Module | Callable, tokenizer: Any, task: Task,
                    tolerance: float = 1.0, max_len: int = 128, max_examples: int | None = None,
                    batches: list[dict[str, torch.Tensor]] | None = None, top: int = 3,
                    baseline: dict[str, float] | None = None) -> dict[str, Any]:
-    """Compare the task metric (in points) before and after; warn when it drops by more than `tolerance`.
+    """Compare EVERY metric of the task before and after; warn when any gets worse by more than `tolerance`
+    (points; percent of the value for perplexity). Classification also compares per-class recall and names
+    classes that lost more than 5 x tolerance points (a collapse the averages hide).
 
-    Returns {metric, before, after, drop, ok, suspects}; suspects (layer, relative error) are the quantized
-    layers with the largest output error, filled when the guard fires (both models must be torch modules; an
-    ONNX Runtime model's layers are estimated on the same INT8 grid in torch).
+    Returns {metric, before, after, drop_points, ok, metrics: [...], classes: [...], suspects}; suspects are
+    the quantized layers with the largest output error, filled when the guard fires (both models must be torch
+    modules; an ONNX Runtime model's layers are estimated on the same INT8 grid in torch).
     """
-    split = task.eval_split()
+    split = task.eval_split(task.default_split)
     metric = task.main_metric
     before = baseline or evaluate_task(reference, tokenizer, task, split, max_len, max_examples)
     after = evaluate_task(quantized, tokenizer, task, split, max_len, max_examples)
-    drop = 100.0 * (before[metric] - after[metric])
-    report: dict[str, Any] = {"metric": metric, "split": split, "before": round(before[metric], 4),
-                              "after": round(after[metric], 4), "drop_points": round(drop, 2),
-                              "tolerance_points": tolerance, "ok": drop <= tolerance, "suspects": []}
-    if drop > tolerance:
+    rows = compare_metrics(task, before, after, tolerance)
+    classes: list[dict[str, Any]] = []
+    if task.kind == "classification":
+        d0 = task.details(reference, tokenizer, split, max_len, max_examples).get("per_class_recall", {})
+        d1 = task.details(quantized, tokenizer, split, max_len, max_examples).get("per_class_recall", {})
+        classes = recall_drops(d0, d1, 5.0 * max(tolerance, 1.0))
+    main = next(r for r in rows if r["metric"] == metric)
+    fired = any(r["over"] for r in rows) or bool(classes)
+    report: dict[str, Any] = {"metric": metric, "split": split, "before": main["before"], "after": main["after"],
+                              "drop_points": main["loss"], "tolerance_points": tolerance, "ok": not fired,
+                              "metrics": rows, "classes": classes, "suspects": []}
+    if fired:
         if isinstance(reference, nn.Module) and isinstance(quantized, nn.Module):
             if batches is None:
-                batches = calibration_batches(tokenizer, task, 32, max_len, split=split)
+                batches = calibration_batches(tokenizer, task, 32, max_len, split=split, model=reference)
             errs = layer_errors(reference, _torch_proxy(reference, quantized), batches)
             worst = sorted(errs.items(), key=lambda kv: -kv[1])[:top]
             report["suspects"] = [{"layer": n, "rel_error": round(e, 4)} for n, e in worst]
         names = ", ".join(f"{s['layer']} ({s['rel_error']:.3f})" for s in report["suspects"]) or "unknown"
-        msg = (f"QUANTIZATION ACCURACY WARNING: {metric} on {split} fell {drop:.2f} points "
-               f"({before[metric]:.4f} -> {after[metric]:.4f}), more than the tolerance of {tolerance:g}. "
-               f"Layers with the largest quantization error: {names}. Exclude them (exclude: [...]) or use "
-               f"quantize_static with percentile/entropy calibration, quantize_qat, or quantize_mixed.")
+        bad = "; ".join(f"{r['metric']} {r['before']:.4f} -> {r['after']:.4f} ({r['change']})" for r in rows if r["over"])
+        cls = "; ".join(f"class {c['class']} recall -{c['drop_points']:.1f} pt" for c in classes)
+        msg = (f"QUANTIZATION ACCURACY WARNING on {split}: {'; '.join(x for x in (bad, cls) if x)} "
+               f"(tolerance {tolerance:g}). Layers with the largest quantization error: {names}. Exclude them "
+               f"(exclude: [...]) or use quantize_static with percentile/entropy calibration, quantize_qat, or "
+               f"quantize_mixed.")
         log.warning(msg)
         print(f"\n{'!' * 100}\n{msg}\n{'!' * 100}\n", file=sys.stderr, flush=True)
     return report

@@ -20,8 +20,16 @@ from .modules import QLinear
 from .ops import _parent, quantize_embeddings, quantize_linears
 
 Choice = Literal["int4", "int8", "fp32"]
-# bytes per weight of each choice (int4: codes + fp16 scale + uint8 zero per group of 128)
-COST = {"int4": 0.5 + 3 / 128, "int8": 1.0 + 4 / 384, "fp32": 4.0}
+ORDER = ("int4", "int8", "fp32")
+
+
+def cost(choice: str, in_features: int, group_size: int) -> float:
+    """Bytes per weight: int4 = codes + fp16 scale and uint8 zero per group (a whole row when the group does
+    not divide it); int8 = codes + one fp32 scale per row; fp32 = 4."""
+    if choice == "int4":
+        group = group_size if in_features % group_size == 0 and group_size < in_features else in_features
+        return 0.5 + 3 / group
+    return 1.0 + 4 / in_features if choice == "int8" else 4.0
 
 
 def _quantized(lin: nn.Linear, choice: str, group_size: int) -> nn.Module:
@@ -60,11 +68,17 @@ def sensitivity(model: nn.Module, names: list[str], batches: list[dict[str, torc
 
 
 def allocate(sens: dict[str, dict[str, float]], sizes: dict[str, int], budget_bytes: float,
-             choices: tuple[str, ...] = ("int4", "int8", "fp32")) -> dict[str, str]:
+             choices: tuple[str, ...] = ORDER, in_features: dict[str, int] | None = None,
+             group_size: int = 128) -> dict[str, str]:
     """Greedy allocation: everything at the cheapest choice, then upgrades by sensitivity drop per extra byte."""
-    order = sorted(choices, key=COST.get)
+    order = [c for c in ORDER if c in choices]
+    fan_in = in_features or {n: group_size * 8 for n in sens}
+
+    def nbytes(n: str, c: str) -> float:
+        return sizes[n] * cost(c, fan_in[n], group_size)
+
     pick = {n: order[0] for n in sens}
-    used = sum(sizes[n] * COST[pick[n]] for n in pick)
+    used = sum(nbytes(n, pick[n]) for n in pick)
 
     def s(n: str, c: str) -> float:
         return 0.0 if c == "fp32" else sens[n].get(c, 0.0)
@@ -76,7 +90,7 @@ def allocate(sens: dict[str, dict[str, float]], sizes: dict[str, int], budget_by
             if i + 1 >= len(order):
                 continue
             nxt = order[i + 1]
-            extra = sizes[n] * (COST[nxt] - COST[c])
+            extra = nbytes(n, nxt) - nbytes(n, c)
             if used + extra > budget_bytes:
                 continue
             gain = (s(n, c) - s(n, nxt)) / extra
@@ -96,12 +110,12 @@ def per_layer_table(model: nn.Module, pick: dict[str, str]) -> dict[str, str]:
     adapter = get_adapter(model)
     names = {id(m): n for n, m in model.named_modules()}
     out = {}
-    for i, layer in enumerate(adapter.layers(model)):
-        att, ffn = adapter.attention(layer), adapter.ffn(layer)
-        parts = [("q", att.query), ("k", att.key), ("v", att.value), ("o", att.output), ("up", ffn.up),
-                 ("down", ffn.down)]
-        bits = [SHORT.get(pick.get(names.get(id(m), ""), ""), "-") for _, m in parts]
-        out[f"layer {i}"] = " ".join(f"{k}{b}" for (k, _), b in zip(parts, bits))
+    for a in adapter.attention(model):
+        parts = [("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o)] if not a.fused else [("qkv", a.q), ("o", a.o)]
+        out[a.unit] = " ".join(f"{k}{SHORT.get(pick.get(names.get(id(m), ''), ''), '-')}" for k, m in parts)
+    for f in adapter.ffn(model):
+        parts = [(f"up{i}" if len(f.up) > 1 else "up", m) for i, m in enumerate(f.up)] + [("down", f.down)]
+        out[f"{f.unit}.ffn"] = " ".join(f"{k}{SHORT.get(pick.get(names.get(id(m), ''), ''), '-')}" for k, m in parts)
     return out
 
 
@@ -127,7 +141,8 @@ def quantize_mixed(model: nn.Module, batches: list[dict[str, torch.Tensor]], cfg
     choices = tuple(c for c in cfg.choices)
     sens = sensitivity(model, names, batches, tuple(c for c in choices if c != "fp32"), cfg.group_size)
     budget = cfg.budget * 4.0 * sum(sizes.values())
-    pick = allocate(sens, sizes, budget, choices)
+    fan_in = {n: mods[n].in_features for n in names}
+    pick = allocate(sens, sizes, budget, choices, fan_in, cfg.group_size)
     int8 = [n for n, c in pick.items() if c == "int8"]
     int4 = [n for n, c in pick.items() if c == "int4"]
     quantize_linears(model, int8, bits=8, act="dynamic")
@@ -139,7 +154,7 @@ def quantize_mixed(model: nn.Module, batches: list[dict[str, torch.Tensor]], cfg
         quantize_linears(model, group, bits=4, group_size=gs, act="none")
     if cfg.embedding_bits:
         quantize_embeddings(model, bits=cfg.embedding_bits, group_size=cfg.group_size)
-    used = sum(sizes[n] * COST[pick[n]] for n in pick)
+    used = sum(sizes[n] * cost(pick[n], fan_in[n], cfg.group_size) for n in pick)
     info = {"per_layer": per_layer_table(model, pick), "choice": pick, "counts": {c: list(pick.values()).count(c) for c in choices},
             "linear_bytes_fraction_of_fp32": round(used / (4.0 * sum(sizes.values())), 4),
             "sensitivity": {n: {c: round(v, 6) for c, v in d.items()} for n, d in sens.items()}}
@@ -149,7 +164,7 @@ def quantize_mixed(model: nn.Module, batches: list[dict[str, torch.Tensor]], cfg
 @implements(QuantizeMixed)
 def quantize_mixed_step(model: nn.Module, cfg: QuantizeMixed, ctx: Context) -> nn.Module:
     task = ctx.require_task(cfg.step)
-    batches = calibration_batches(ctx.tokenizer, task, cfg.calib_examples, ctx.max_len, seed=ctx.seed)
+    batches = calibration_batches(ctx.tokenizer, task, cfg.calib_examples, ctx.max_len, seed=ctx.seed, model=model)
     before = copy.deepcopy(model) if cfg.guard else None
     model, info = quantize_mixed(model, batches, cfg)
     ctx.note("mixed", info)

@@ -50,16 +50,26 @@ def quantize_linears(model: nn.Module, names: Sequence[str], bits: int = 8, grou
 
 
 def quantize_embeddings(model: nn.Module, bits: int = 8, group_size: int | None = None) -> list[str]:
-    """Quantize the word-embedding table (the largest tensor of a small encoder)."""
+    """Quantize the word-embedding table (the largest tensor of a small encoder). A table shared with an output
+    layer (tied LM head) or used by several modules is left alone: quantizing one use would untie them."""
     adapter = get_adapter(model)
     emb = adapter.word_embeddings(model)
-    if not isinstance(emb, nn.Embedding):
+    if not isinstance(emb, nn.Embedding) or embedding_shared(model):
         return []
     name = next(n for n, m in model.named_modules() if m is emb)
     d = emb.embedding_dim
     group_size = group_size if group_size and group_size < d and d % group_size == 0 else None
     apply_op(model, "quantize_embedding", modules=[name], bits=bits, group_size=group_size)
     return [name]
+
+
+def embedding_shared(model: nn.Module) -> bool:
+    """The word-embedding table is tied to an output layer or reached from more than one module path."""
+    emb = get_adapter(model).word_embeddings(model)
+    users = [n for n, m in model.named_modules(remove_duplicate=False) if m is emb]
+    w = getattr(emb, "weight", None)
+    tied = any(getattr(m, "weight", None) is w for m in model.modules() if m is not emb)
+    return tied or len(users) > 1
 
 
 def select_linears(model: nn.Module, include: Sequence[str] | None = None, exclude: Sequence[str] = (),
@@ -69,7 +79,7 @@ def select_linears(model: nn.Module, include: Sequence[str] | None = None, exclu
     heads = get_adapter(model).head_modules(model) if skip_head else []
     out = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
+        if not isinstance(mod, nn.Linear) or _ties_embedding(model, mod):
             continue
         if any(name == h or name.startswith(h + ".") for h in heads):
             continue
@@ -79,3 +89,9 @@ def select_linears(model: nn.Module, include: Sequence[str] | None = None, exclu
             continue
         out.append(name)
     return out
+
+
+def _ties_embedding(model: nn.Module, mod: nn.Module) -> bool:
+    """An output projection sharing its weight with the word embeddings (a tied LM head)."""
+    emb = get_adapter(model).word_embeddings(model)
+    return getattr(emb, "weight", None) is not None and getattr(mod, "weight", None) is emb.weight

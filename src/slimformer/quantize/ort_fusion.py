@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 from torch import nn
 
-from ..errors import SlimformerError
+from ..errors import SlimformerError, check
 from ..export import parity
 from ..models import get_adapter
 
@@ -46,9 +46,12 @@ def fuse(path: Path, model: nn.Module, tokenizer: Any, atol: float = 1e-3) -> di
     from onnxruntime.transformers.optimizer import optimize_model
 
     adapter = get_adapter(model)
-    layers = adapter.layers(model)
-    heads = [adapter.num_heads(layer) for layer in layers]
-    head_dim = adapter.attention(layers[0]).head_dim
+    check(not adapter.is_multi_stack(model) and not getattr(model.config, "is_decoder", False)
+          and adapter.stacks(model)[0].name == "encoder",
+          "ORT fusion covers encoder models (BERT-style graphs) only")
+    blocks = adapter.attention(model)
+    heads = [a.heads for a in blocks]
+    head_dim = blocks[0].head_dim
     first = next((h for h in heads if h > 0), 1)
     try:
         with root_log_level(logging.ERROR):  # the optimizer logs every pattern it did not find

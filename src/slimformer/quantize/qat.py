@@ -15,7 +15,7 @@ from ..models import get_adapter
 from ..steps import Context, implements
 from ..train import TrainConfig, make_trainer, run_training
 from .common import QuantStep, run_guard, summary
-from .ops import _parent, quantize_embeddings, quantize_linears
+from .ops import _parent, embedding_shared, quantize_embeddings, quantize_linears
 
 
 def _ste(x: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ def prepare_qat(model: nn.Module, names: list[str], embeddings: bool = True) -> 
     for n in names:
         parent, child = _parent(model, n)
         getattr(parent, child).__class__ = FakeQuantLinear
-    if embeddings:
+    if embeddings and not embedding_shared(model):
         get_adapter(model).word_embeddings(model).__class__ = FakeQuantEmbedding
     return model
 

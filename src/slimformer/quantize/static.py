@@ -67,7 +67,7 @@ def quantize_static(model: nn.Module, batches: list[dict[str, torch.Tensor]], cf
 @implements(QuantizeStatic)
 def quantize_static_step(model: nn.Module, cfg: QuantizeStatic, ctx: Context) -> nn.Module:
     task = ctx.require_task(cfg.step)
-    batches = calibration_batches(ctx.tokenizer, task, cfg.calib_examples, ctx.max_len, seed=ctx.seed)
+    batches = calibration_batches(ctx.tokenizer, task, cfg.calib_examples, ctx.max_len, seed=ctx.seed, model=model)
     before = copy.deepcopy(model) if cfg.guard else None
     model = quantize_static(model, batches, cfg, ctx.tokenizer)
     ctx.note("quantized", {**summary(model), "method": cfg.method, "backend": cfg.backend})

@@ -69,7 +69,7 @@ def quantize_weights_step(model: nn.Module, cfg: QuantizeWeights, ctx: Context) 
     batches = None
     if cfg.method == "gptq":
         task = ctx.require_task(cfg.step)
-        batches = calibration_batches(ctx.tokenizer, task, cfg.calib_examples, ctx.max_len, seed=ctx.seed)
+        batches = calibration_batches(ctx.tokenizer, task, cfg.calib_examples, ctx.max_len, seed=ctx.seed, model=model)
     before = copy.deepcopy(model) if cfg.guard and ctx.task is not None else None
     model = quantize_weights(model, cfg, batches)
     ctx.note("quantized", summary(model))

@@ -3,11 +3,103 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
 
 from ..errors import SlimformerError, check
-from .base import TaskData, build_task
+from .base import Example, Task
 from .files import Row, read_cola_tsv, read_label_text_lines, read_table
+from .metrics import compute, per_class_recall
+
+@dataclass
+class TaskData(Task):
+    """A classification task: named splits of labelled examples, the label names and the metrics to report."""
+
+    name: str
+    labels: list[str]
+    splits: dict[str, list[Example]]
+    metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+    kind: ClassVar[str] = "classification"
+    head: ClassVar[str] = "AutoModelForSequenceClassification"
+
+    @property
+    def is_pair(self) -> bool:
+        return any(ex.text_pair is not None for exs in self.splits.values() for ex in exs[:1])
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
+                "label2id": {lab: i for i, lab in enumerate(self.labels)}}
+
+    def check_model(self, model: Any, fresh_head: bool = False) -> None:
+        n = getattr(getattr(model, "config", None), "num_labels", None)
+        check(n == len(self.labels), f"the model has {n} output labels but task {self.name} has {len(self.labels)} "
+              f"({', '.join(self.labels[:6])}{', ...' if len(self.labels) > 6 else ''}); fine-tune a model for "
+              f"this task first")
+
+    def encode(self, tokenizer: Any, examples: Sequence[Example], max_len: int = 128, with_labels: bool = True) -> Any:
+        from ..data import encode_texts
+
+        return encode_texts(tokenizer, examples, max_len, [ex.label for ex in examples] if with_labels else None)
+
+    def predictions(self, model: Any, tokenizer: Any, split: str, max_len: int, max_examples: int | None
+                    ) -> tuple[list[int], list[int]]:
+        from ..evaluate import predict
+
+        examples = self.split(split)[:max_examples] if max_examples else self.split(split)
+        logits = predict(model, tokenizer, examples, max_len, desc=f"eval {self.name}/{split}", task=self)
+        return [ex.label for ex in examples], logits.argmax(-1).tolist()
+
+    def evaluate(self, model: Any, tokenizer: Any, split: str = "dev", max_len: int = 128,
+                 max_examples: int | None = None) -> dict[str, float]:
+        gold, pred = self.predictions(model, tokenizer, split, max_len, max_examples)
+        return compute(self.metrics, gold, pred)
+
+    def details(self, model: Any, tokenizer: Any, split: str = "dev", max_len: int = 128,
+                max_examples: int | None = None) -> dict[str, Any]:
+        gold, pred = self.predictions(model, tokenizer, split, max_len, max_examples)
+        return {"per_class_recall": per_class_recall(gold, pred, self.labels)}
+
+
+ClassificationTask = TaskData
+
+
+def build_task(
+    name: str,
+    raw: dict[str, list[tuple[str, str | None, str]]],
+    metrics: Sequence[str],
+    labels: Sequence[str] | None = None,
+) -> TaskData:
+    """Turn {split: [(text, text_pair, label_string)]} into TaskData, checking labels and emptiness."""
+    check(bool(raw), f"{name}: no data found")
+    for split, rows in raw.items():
+        check(len(rows) > 0, f"{name}: split '{split}' is empty")
+    if labels is None:
+        source = raw.get("train") or next(iter(raw.values()))
+        found = sorted({r[2] for r in source})
+        labels = sorted(found, key=lambda s: (0, float(s)) if _is_number(s) else (1, s))  # type: ignore[arg-type]
+    index = {lab: i for i, lab in enumerate(labels)}
+    check(len(index) >= 2, f"{name}: need at least 2 labels, found {list(index)}")
+    splits: dict[str, list[Example]] = {}
+    for split, rows in raw.items():
+        exs = []
+        for i, (text, pair, lab) in enumerate(rows):
+            if lab not in index:
+                raise SlimformerError(
+                    f"{name}: split '{split}' row {i + 1} has label '{lab}' outside the label set {list(index)}"
+                )
+            check(isinstance(text, str) and text != "", f"{name}: split '{split}' row {i + 1} has no text")
+            exs.append(Example(text=text, label=index[lab], text_pair=pair))
+        splits[split] = exs
+    return TaskData(name=name, labels=list(labels), splits=splits, metrics=list(metrics))
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
 
 SPLIT_ALIASES = {"validation": "dev", "val": "dev", "valid": "dev", "dev": "dev", "train": "train", "test": "test"}
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
@@ -114,19 +206,3 @@ def _from_datasets(ref: str, text_col: str | None, pair_col: str | None, label_c
         if rows:
             raw[SPLIT_ALIASES.get(split, split)] = rows
     return raw
-
-
-LOADERS: dict[str, Callable[..., TaskData]] = {
-    "sst2": load_sst2,
-    "cola": load_cola,
-    "mrpc": load_mrpc,
-    "classification": load_table_task,
-}
-
-
-def load(task: str, data: str | Path, **options: Any) -> TaskData:
-    """Load a task by name: sst2, cola, mrpc (benchmark files) or classification (generic tables/datasets)."""
-    key = task.lower().replace("-", "")
-    if key not in LOADERS:
-        raise SlimformerError(f"unknown task '{task}' (known: {', '.join(LOADERS)})")
-    return LOADERS[key](data, **options)
