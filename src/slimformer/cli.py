@@ -15,7 +15,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Make Transformer NLP models small and fast, and measure what each choice costs.")
 
 MODEL_HELP = "local model directory, a Hugging Face hub id, or 'minilm' (the packaged all-MiniLM-L6-v2)"
-TASK_HELP = "sst2, cola, mrpc, or classification (generic CSV/TSV/JSONL/datasets; see --text-col)"
+TASK_HELP = ("sst2, cola, mrpc, classification (CSV/TSV/JSONL/datasets; see --text-col); stsb, similarity; "
+             "multi30k, translation; wikitext2, lm")
+TEXT_COL = typer.Option(None, help="tables: the text column")
+PAIR_COL = typer.Option(None, help="tables: the second-text column (pairs)")
+LABEL_COL = typer.Option(None, help="tables: the label (or score) column")
+MODE = typer.Option(None, help="similarity: embedding (sentence encoder, cosine; default) or regression")
+SRC = typer.Option(None, help="translation: source language (file suffix or column), e.g. en")
+TGT = typer.Option(None, help="translation: target language, e.g. de")
+BEAMS = typer.Option(None, help="translation: beam size for evaluation (default 5)")
+CONTEXT = typer.Option(None, help="language modelling: perplexity window in tokens (default 1024)")
+STRIDE = typer.Option(None, help="language modelling: window stride (default 512)")
+MAX_EVAL_TOKENS = typer.Option(None, help="language modelling: score only the first N tokens (quick runs)")
 
 
 def _quiet_libraries() -> None:
@@ -26,11 +37,11 @@ def _quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
 
 
-def _task(task: str, data: str, text_col: Optional[str] = None, pair_col: Optional[str] = None,
-          label_col: Optional[str] = None) -> Any:
+def _task(task: str, data: str, **options: Any) -> Any:
+    """Load a task; options the user did not give (None) are left to the loader's defaults."""
     from . import tasks
 
-    return tasks.load(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col)
+    return tasks.load(task, data, **options)
 
 
 def _out(obj: Any, path: Optional[Path]) -> None:
@@ -46,16 +57,24 @@ def profile(model: str = typer.Argument(..., help=MODEL_HELP),
             batch: int = typer.Option(1, min=1),
             threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: torch's)"),
             runs: int = typer.Option(10, min=1, help="timed forward passes (median reported)"),
+            new_tokens: int = typer.Option(32, min=1, help="generative models: tokens decoded for the per-token time"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the profile as JSON")) -> None:
-    """Parameters, FLOPs, measured latency and memory per component (embeddings, attention, FFN, ...)."""
+    """Parameters, FLOPs, measured latency and memory per component (embeddings, attention, cross-attention,
+    FFN, head); for generative models also prefill (or encoder) time, per-token decode time with the KV cache,
+    tokens/s and KV-cache memory."""
     from . import models
     from .profile import profile_model
     from .progress import console
-    from .report import profile_table
+    from .report import kv_table, profile_table
 
     m, tok = models.load(model)
     prof = profile_model(m, tok, seq_len, batch, threads, runs)
     console.print(profile_table(prof))
+    if hasattr(m, "can_generate") and m.can_generate():
+        from .generation import generation_profile
+
+        prof["generation"] = generation_profile(m, tok, seq_len, new_tokens, batch, threads, max(1, runs // 3))
+        console.print(kv_table(prof["generation"], f"generation: prompt {seq_len}, {new_tokens} new tokens"))
     _out(prof, json_out)
 
 
@@ -67,25 +86,39 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
              max_len: int = typer.Option(128), seed: int = typer.Option(42),
              max_train_examples: Optional[int] = typer.Option(None, help="train on a random subset"),
              resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT"),
-             text_col: Optional[str] = None, pair_col: Optional[str] = None, label_col: Optional[str] = None
-             ) -> None:
-    """Fine-tune a classifier on the HF Trainer (works under torchrun / accelerate launch)."""
+             from_config: Optional[str] = typer.Option(None, "--from-config", help="translation: train a new "
+                                                       "model of this size (marian-tiny, marian-small, or "
+                                                       "layers=3,d_model=256,ffn=1024,heads=4,vocab=8000) with a "
+                                                       "tokenizer trained on the data; MODEL is then ignored"),
+             text_col: Optional[str] = TEXT_COL, pair_col: Optional[str] = PAIR_COL,
+             label_col: Optional[str] = LABEL_COL, mode: Optional[str] = MODE, src: Optional[str] = SRC,
+             tgt: Optional[str] = TGT, beams: Optional[int] = BEAMS, context: Optional[int] = CONTEXT,
+             stride: Optional[int] = STRIDE, max_eval_tokens: Optional[int] = MAX_EVAL_TOKENS) -> None:
+    """Fine-tune (or, with --from-config, train) a model for the task on the HF Trainer (works under torchrun /
+    accelerate launch); the head comes from the task."""
     from . import models
     from .evaluate import evaluate_task
     from .fsutil import write_json
     from .progress import console
-    from .train import TrainConfig, finetune as run_finetune, is_main_process
+    from .train import TrainConfig, finetune as run_finetune, is_main_process, set_seed
 
-    td = _task(task, data, text_col, pair_col, label_col)
+    td = _task(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
+               beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed,
                       max_train_examples=max_train_examples)
     if Path(model).exists() and Path(model).resolve() == out.resolve():
         raise SlimformerError("--out must differ from the input model directory")
-    m, tok = models.load(model, num_labels=len(td.labels))
+    set_seed(seed)  # a newly created head starts from the same weights for the same seed
+    if from_config:
+        from .models.scratch import translation_model
+
+        m, tok = translation_model(td, from_config, seed)
+    else:
+        m, tok = models.load(model, task=td)
     work = out.parent / f".{out.name}.train"
     m, stats = run_finetune(m, tok, td, cfg, work, resume=resume)
     if is_main_process():
-        metrics = evaluate_task(m, tok, td, td.eval_split(), max_len)
+        metrics = evaluate_task(m, tok, td, None, max_len)
         models.save(m, tok, out)
         write_json(out / "train_stats.json", {"config": cfg.model_dump(), "stats": stats, "eval": metrics})
         console.print(f"[green]saved {out}[/green]  {td.eval_split()}: {json.dumps(metrics)}  "
@@ -94,22 +127,30 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
 
 @app.command()
 def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = typer.Option(..., help=TASK_HELP),
-             data: str = typer.Option(...), split: str = typer.Option("dev"), max_len: int = typer.Option(128),
-             seq_len: int = typer.Option(128, help="sequence length of the latency measurement"),
+             data: str = typer.Option(...),
+             split: Optional[str] = typer.Option(None, help="default: dev (test for language modelling)"),
+             max_len: int = typer.Option(128), seq_len: int = typer.Option(128, help="sequence length of the "
+                                                                              "latency measurement"),
              threads: Optional[int] = typer.Option(None, min=1),
              json_out: Optional[Path] = typer.Option(None, "--json"),
-             text_col: Optional[str] = None, pair_col: Optional[str] = None, label_col: Optional[str] = None
-             ) -> None:
+             text_col: Optional[str] = TEXT_COL, pair_col: Optional[str] = PAIR_COL,
+             label_col: Optional[str] = LABEL_COL, mode: Optional[str] = MODE, src: Optional[str] = SRC,
+             tgt: Optional[str] = TGT, beams: Optional[int] = BEAMS, context: Optional[int] = CONTEXT,
+             stride: Optional[int] = STRIDE, max_eval_tokens: Optional[int] = MAX_EVAL_TOKENS) -> None:
     """Task metric(s), parameters, size on disk, latency at batch 1 and 32."""
     from . import models
     from .evaluate import evaluate_task, footprint
     from .progress import console
     from .report import kv_table
 
-    td = _task(task, data, text_col, pair_col, label_col)
-    m, tok = models.load(model, num_labels=len(td.labels))
+    td = _task(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
+               beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
+    split = td.eval_split(split or td.default_split)
+    m, tok = models.load(model, task=td)
     res = {"model": model, "task": td.name, "split": split, **evaluate_task(m, tok, td, split, max_len),
            **footprint(m, tok, seq_len, n_threads=threads)}
+    if getattr(td, "last_signature", ""):
+        res["sacrebleu"] = td.last_signature
     console.print(kv_table(res, f"{model} on {td.name}/{split}"))
     _out(res, json_out)
 
@@ -121,13 +162,19 @@ def compress(model: str = typer.Argument(..., help=MODEL_HELP),
              task: Optional[str] = typer.Option(None, help=TASK_HELP + " (overrides the recipe)"),
              data: Optional[str] = typer.Option(None, help="data path (overrides the recipe)"),
              restart: bool = typer.Option(False, "--restart", help="ignore finished steps of an interrupted run"),
-             ) -> None:
+             text_col: Optional[str] = TEXT_COL, pair_col: Optional[str] = PAIR_COL,
+             label_col: Optional[str] = LABEL_COL, mode: Optional[str] = MODE, src: Optional[str] = SRC,
+             tgt: Optional[str] = TGT, beams: Optional[int] = BEAMS, context: Optional[int] = CONTEXT,
+             stride: Optional[int] = STRIDE, max_eval_tokens: Optional[int] = MAX_EVAL_TOKENS) -> None:
     """Run a recipe; evaluate and record after every step; resume an interrupted run by re-running it."""
     from .progress import console
     from .recipe import run_recipe_file
     from .report import comparison_line
 
-    result = run_recipe_file(model, recipe, out, task, data, restart)
+    options = dict(text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
+                   beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
+    result = run_recipe_file(model, recipe, out, task, data, restart,
+                             {k: v for k, v in options.items() if v is not None})
     console.print(comparison_line(result.comparison))
     console.print(f"[green]saved {out}[/green] (reload with slimformer.load('{out}'))")
 

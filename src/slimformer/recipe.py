@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import torch
 import yaml
@@ -44,14 +44,16 @@ from .tasks import load as load_task
 class EvalSettings(BaseModel):
     """How the runner measures the model after each step."""
 
-    model_config = ConfigDict(extra="forbid")
-    split: str = "dev"
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    split: str | None = Field(None, description="split to evaluate (default: the task's: dev, or test for LMs)")
     max_examples: int | None = Field(None, ge=1, description="evaluate on the first N examples only")
-    max_len: int = Field(128, ge=8, description="tokenizer truncation for evaluation and training")
-    seq_len: int = Field(128, ge=1, description="sequence length of the latency measurement")
-    batches: list[int] = Field(default_factory=lambda: [1, 32])
+    max_len: int = Field(128, ge=8, le=65536, description="tokenizer truncation for evaluation and training")
+    seq_len: int = Field(128, ge=1, le=65536, description="sequence length of the latency measurement")
+    batches: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1, 32], min_length=1)
     threads: int | None = Field(None, ge=1)
-    latency_budget_s: float = Field(4.0, gt=0, description="seconds of timing per model and batch size")
+    latency_budget_s: float = Field(4.0, gt=0, le=600, description="seconds of timing per model and batch size")
+    tolerance: float | None = Field(1.0, ge=0, description="warn when a step leaves any task metric worse than "
+                                    "the input model by more than this (points; % for perplexity); null: off")
 
 
 class Recipe(BaseModel):
@@ -64,18 +66,45 @@ class Recipe(BaseModel):
     steps: list[Any]
 
     def parsed_steps(self) -> list[StepConfig]:
-        check(len(self.steps) > 0, "recipe has no steps")
-        return [parse_step(s, i) for i, s in enumerate(self.steps)]
+        return validate_order([parse_step(s, i) for i, s in enumerate(self.steps)])
+
+
+def validate_order(cfgs: list[StepConfig]) -> list[StepConfig]:
+    """A recipe needs a step, and a quantization step comes last (nothing can prune or train INT8 weights)."""
+    check(len(cfgs) > 0, "recipe has no steps")
+    q = [i for i, c in enumerate(cfgs) if c.quantizes]
+    check(not q or q[0] == len(cfgs) - 1, f"recipe step {q[0] + 1 if q else 0} ({cfgs[q[0]].step if q else ''}) "
+          f"quantizes the model, so it must be the last step (step {q[0] + 2 if q else 0} follows it)")
+    return cfgs
+
+
+MAX_RECIPE_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors/aliases: a recipe never needs them, and nested aliases expand exponentially."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise SlimformerError(f"line {event.start_mark.line + 1}: YAML aliases (*name) are not allowed in "
+                                  f"recipes")
+        return super().compose_node(parent, index)
 
 
 def read_recipe(path: str | Path) -> Recipe:
     """Load and validate a recipe YAML file (one-line errors on any problem)."""
     p = Path(path)
     check(p.is_file(), f"recipe not found: {p}")
+    check(p.stat().st_size <= MAX_RECIPE_BYTES, f"{p}: {p.stat().st_size} bytes; a recipe is at most 1 MB")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SlimformerError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from e
+        raw = yaml.load(p.read_bytes().decode("utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as e:
+        raise SlimformerError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except SlimformerError as e:
+        raise SlimformerError(f"{p}: {e}") from e
+    except (yaml.YAMLError, RecursionError) as e:
+        raise SlimformerError(f"{p}: not valid YAML ({(str(e).splitlines() or [type(e).__name__])[0]})") from e
     if isinstance(raw, list):
         raw = {"steps": raw}
     check(isinstance(raw, dict), f"{p}: expected a mapping with 'steps' (or a list of steps)")
@@ -89,6 +118,7 @@ def read_recipe(path: str | Path) -> Recipe:
         candidate = (p.parent / recipe.data).resolve()
         if candidate.exists():
             recipe.data = str(candidate)
+    check(recipe.data is None or recipe.task is not None, f"{p}: data: is given but no task: (name the task)")
     recipe.parsed_steps()
     return recipe
 
@@ -116,7 +146,8 @@ def measure(model: torch.nn.Module, tokenizer: Any, task: Task | None, ev: EvalS
     """Metrics on the eval split, parameters, bytes on disk, latency per batch size."""
     row: dict[str, Any] = {"params": num_params(model)}
     if task is not None:
-        row["metrics"] = evaluate_task(model, tokenizer, task, task.eval_split(ev.split), ev.max_len, ev.max_examples)
+        row["metrics"] = evaluate_task(model, tokenizer, task, task.eval_split(ev.split or task.default_split),
+                                       ev.max_len, ev.max_examples)
     row["size_bytes"] = _size(model)
     for b in ev.batches:
         lat = compare_latency({"m": model}, tokenizer, b, ev.seq_len, ev.threads, budget_s=ev.latency_budget_s)["m"]
@@ -145,8 +176,8 @@ def compress(
 ) -> Result:
     """Run steps on a copy of model; write the final model, ledger and summary to `out` (atomically)."""
     ev = eval_settings or EvalSettings()
-    cfgs = [parse_step(s, i) for i, s in enumerate(steps)]
-    check(len(cfgs) > 0, "recipe has no steps")
+    cfgs = validate_order([parse_step(s, i) for i, s in enumerate(steps)])
+    preflight(model, cfgs, task, ev)
     out = Path(out).resolve()
     work = out.parent / f".{out.name}.work"
     if restart and work.exists():
@@ -180,6 +211,8 @@ def compress(
         save(current, tokenizer, work / f"after-{i + 1:02d}")
         row = {"index": i + 1, "step": cfg.step, "config": cfg.model_dump(mode="json"), "seconds": round(seconds, 2),
                "digest": _digest(cfgs, i), **measure(current, tokenizer, task, ev), "info": ctx.info}
+        if task is not None and ev.tolerance is not None:
+            row["guard"] = step_guard(task, rows[0], row, ev.tolerance)
         rows.append(row)
         _append(ledger_path, row)
         from .report import print_ledger
@@ -197,6 +230,39 @@ def compress(
             (tmp / "recipe.yaml").write_text(recipe_text)
     shutil.rmtree(work, ignore_errors=True)
     return Result(current, rows, comparison)
+
+
+def preflight(model: torch.nn.Module, cfgs: list[StepConfig], task: Task | None, ev: EvalSettings) -> None:
+    """Everything that can be checked before work starts: the eval split, the timed sequence length against the
+    model's positions, data for the steps that need it, and each step against this model's shape."""
+    if task is not None:
+        task.eval_split(ev.split or task.default_split)
+        task.check_model(model)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if isinstance(limit, int) and getattr(model.config, "model_type", "") not in ("t5",):
+        check(ev.seq_len <= limit, f"eval.seq_len {ev.seq_len} exceeds the model's {limit} positions")
+        check(ev.max_len <= limit, f"eval.max_len {ev.max_len} exceeds the model's {limit} positions")
+    for i, cfg in enumerate(cfgs):
+        if cfg.needs_data and task is None:
+            raise SlimformerError(f"recipe step {i + 1} ({cfg.step}) needs task data: pass --task and --data "
+                                  f"(or task/data in the recipe)")
+        try:
+            cfg.preflight(model, task)
+        except SlimformerError as e:
+            raise SlimformerError(f"recipe step {i + 1} ({cfg.step}): {e}") from e
+
+
+def step_guard(task: Task, first: dict[str, Any], row: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """Every metric of the task against the input model; a warning line when any got worse than tolerance."""
+    from .quantize.guard import compare_metrics
+
+    rows = compare_metrics(task, first.get("metrics", {}), row.get("metrics", {}), tolerance)
+    bad = [r for r in rows if r["over"]]
+    if bad:
+        text = "; ".join(f"{r['metric']} {r['before']:.4f} -> {r['after']:.4f} ({r['change']})" for r in bad)
+        console.print(f"[bold red]warning: after step {row['index']} ({row['step']}): {text}; more than the "
+                      f"tolerance of {tolerance:g} below the input model[/]")
+    return {"ok": not bad, "tolerance": tolerance, "metrics": rows}
 
 
 def _final_comparison(before: torch.nn.Module, after: torch.nn.Module, tokenizer: Any, ev: EvalSettings) -> dict:
@@ -244,6 +310,6 @@ def run_recipe_file(model_name: str, recipe_path: str | Path, out: str | Path, t
         td = load_task(task_name, data_path, **{**recipe.task_options, **(task_options or {})})
     src = Path(models.resolve(model_name)) if Path(model_name).exists() else None
     check(src is None or src.resolve() != Path(out).resolve(), "--out must differ from the input model directory")
-    model, tok = models.load(model_name, num_labels=len(td.labels) if td else None)
+    model, tok = models.load(model_name, task=td)
     return compress(model, tok, recipe.parsed_steps(), out, td, recipe.eval, recipe.seed, restart,
                     Path(recipe_path).read_text())

@@ -30,13 +30,30 @@ REGISTRY: dict[str, tuple[type["StepConfig"], ApplyFn]] = {}
 class StepConfig(BaseModel):
     """Base of every recipe step's config: unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     step: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False  # the step needs task data (training, calibration, importance)
+    quantizes: ClassVar[bool] = False  # a quantization step: nothing structural or trained may follow it
+
+    def preflight(self, model: torch.nn.Module, task: Any) -> None:
+        """Raise a one-line SlimformerError when this step cannot apply to `model` / `task` (checked before
+        any work starts). Steps override it where a shape or task can make them impossible."""
 
     def describe(self) -> str:
         fields = self.model_dump(exclude_defaults=True)
         return self.step + (" " + json.dumps(fields, default=str) if fields else "")
+
+
+def regexes(values: list[str] | None, field: str) -> list[str] | None:
+    """Validate a list of regular expressions (a field validator's body): one line naming the bad pattern."""
+    import re
+
+    for p in values or []:
+        try:
+            re.compile(p)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"{field}: {p!r} is not a valid regular expression ({e})") from e
+    return values
 
 
 def implements(cfg_cls: type[StepConfig]) -> Callable[[ApplyFn], ApplyFn]:
@@ -100,7 +117,7 @@ def parse_step(raw: Any, index: int) -> StepConfig:
         raise SlimformerError(f"recipe step {index + 1}: expected a mapping with a 'step' key, got {raw!r}")
     raw = dict(raw)
     name = raw.pop("step")
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         raise SlimformerError(f"recipe step {index + 1}: unknown step '{name}' (known: {', '.join(known_steps())})")
     cfg_cls = REGISTRY[name][0]
     try:

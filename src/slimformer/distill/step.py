@@ -70,6 +70,24 @@ class Distill(LossTerms):
               "distill: cache_teacher caches logits only; it needs cos, hidden, attention and pkd at 0")
         return self
 
+    def preflight(self, model: nn.Module, task: Any) -> None:
+        fits(self, model, task)
+
+
+def fits(cfg: "Distill", student: nn.Module, task: Task | None) -> None:
+    """One-line errors when this distillation cannot run on this student and task."""
+    if task is None:
+        return
+    check(task.distill_target != "embedding", "distill: a sentence-embedding model (similarity, embedding mode) "
+          "is not distilled by this step yet; use regression mode or finetune")
+    task.check_model(student)
+    check(not cfg.cache_teacher or task.distill_target in ("logits", "regression"),
+          "distill: cache_teacher stores one logit row per example; per-token targets (translation, language "
+          "modelling) are computed on the fly")
+    check(not (cfg.cos or cfg.hidden or cfg.attention or cfg.pkd) or not get_adapter(student).is_multi_stack(student),
+          "distill: cos, hidden, attention and pkd terms need a single-stack model (encoder or decoder-only); "
+          "for an encoder-decoder use kd and ce")
+
 
 @contextlib.contextmanager
 def eager_attention(models: list[nn.Module], needed: bool) -> Iterator[None]:
@@ -139,20 +157,12 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
     """Task-specific distillation of student (trained in place) from teacher; returns (student, stats)."""
     from ..train import TrainConfig, train_dataset
 
-    check(task.distill_target != "embedding", "distill: a sentence-embedding model (similarity, embedding mode) "
-          "is not distilled by this step yet; use regression mode or finetune")
-    task.check_model(student)
+    fits(cfg, student, task)
     if cfg.kd:
         try:
             task.check_model(teacher)
         except SlimformerError as e:
             raise SlimformerError(f"distill: kd needs a teacher trained for the task: {e}") from e
-    check(not cfg.cache_teacher or task.distill_target in ("logits", "regression"),
-          "distill: cache_teacher stores one logit row per example; per-token targets (translation, language "
-          "modelling) are computed on the fly")
-    check(not (cfg.cos or cfg.hidden or cfg.attention or cfg.pkd) or not get_adapter(student).is_multi_stack(student),
-          "distill: cos, hidden, attention and pkd terms need a single-stack model (encoder or decoder-only); "
-          "for an encoder-decoder use kd and ce")
     work_dir = Path(work_dir)
     base = train_dataset(tokenizer, task, TrainConfig(max_len=max_len, seed=seed,
                                                       max_train_examples=cfg.max_train_examples))

@@ -61,6 +61,9 @@ class MakeStudent(StepConfig):
     drop_token_type: bool = False
     drop_pooler: bool = False
 
+    def preflight(self, model: nn.Module, task: Any) -> None:
+        _preflight(self, model)
+
     @model_validator(mode="after")
     def _one_choice(self) -> "MakeStudent":
         chosen = [x for x in (self.every, self.layers, self.fresh) if x is not None]
@@ -68,6 +71,24 @@ class MakeStudent(StepConfig):
         if not chosen and not (self.drop_token_type or self.drop_pooler):
             self.every = 2
         return self
+
+
+def _preflight(cfg: "MakeStudent", model: nn.Module) -> None:
+    adapter = get_adapter(model)
+    names = [s.name for s in adapter.stacks(model)]
+    check(cfg.stack is None or cfg.stack in names, f"the model has no {cfg.stack} stack (it has {', '.join(names)})")
+    check(cfg.layers is None or cfg.stack is not None or len(names) == 1,
+          f"layers: name the stack ({' or '.join(names)}) these indices belong to with stack:")
+    if cfg.fresh is not None:
+        for k, v in cfg.fresh.items():
+            cur = getattr(model.config, k, None)
+            check(isinstance(cur, int) and not isinstance(cur, bool),
+                  f"fresh: {k!r} is not an integer field of the {model.config.model_type} config")
+    if cfg.drop_token_type:
+        check(adapter.token_type_embeddings(model) is not None,
+              f"{type(model).__name__} has no token-type embeddings to drop")
+    if cfg.drop_pooler:
+        check(adapter.pooler(model) is not None, f"{type(model).__name__} has no pooler to drop")
 
 
 def _fresh(model: nn.Module, sizes: dict[str, int]) -> nn.Module:

@@ -153,6 +153,10 @@ class FactorizeEmbeddings(StepConfig):
         check(self.count_examples >= 1, "factorize_embeddings: count_examples must be >= 1")
         return self
 
+    def preflight(self, model: nn.Module, task: Any) -> None:
+        check(not _tied_output(model), "the word-embedding table is tied to an output layer or shared by another "
+              "stack; only a model that uses it once (an encoder with a task head) is supported")
+
 
 @implements(FactorizeEmbeddings)
 def factorize_embeddings_step(model: nn.Module, cfg: FactorizeEmbeddings, ctx: Context) -> nn.Module:

@@ -20,6 +20,14 @@ class DropLayers(StepConfig):
     strategy: Literal["top", "bottom", "alternate"] = "top"
     stack: str | None = Field(None, description="encoder or decoder (required for an encoder-decoder model)")
 
+    def preflight(self, model: nn.Module, task: object) -> None:
+        stack = stack_of(model, self.stack, self.step)
+        n = len(get_adapter(model).layers(model, stack))
+        if self.keep is not None and self.keep >= 1:
+            check(int(self.keep) <= n, f"keep={int(self.keep)} but the {stack} has only {n} layers")
+        bad = [i for i in self.drop or [] if not 0 <= i < n]
+        check(not bad, f"unknown layer index {bad[0] if bad else ''} (the {stack} has layers 0..{n - 1})")
+
     @model_validator(mode="after")
     def _one_target(self) -> "DropLayers":
         check((self.keep is None) != (self.drop is None), "drop_layers: give exactly one of keep or drop")

@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import check
 from ..models import get_adapter
 from ..models.linear import is_linear
-from ..steps import Context, StepConfig, implements
+from ..steps import regexes, Context, StepConfig, implements
 from ..tasks.base import Task
 
 CRITERIA = ("magnitude", "movement")
@@ -55,7 +55,12 @@ class PruneUnstructured(StepConfig):
                                                         "experimental: collapsed on MiniLM SST-2 at 70%, "
                                                         "see docs/BENCHMARKS.md section 6)")
     include: list[str] | None = Field(None, description="regexes on Linear module names; default: attention "
-                                      "query/key/value/output and FFN up/down of every encoder layer")
+                                      "query/key/value/output and FFN up/down of every layer")
+
+    @field_validator("include")
+    @classmethod
+    def _patterns(cls, v: list[str] | None) -> list[str] | None:
+        return regexes(v, "include")
     steps: int = Field(1, ge=1, le=100, description="pruning increments on the cubic schedule (Zhu & Gupta)")
     recovery_steps: int = Field(0, ge=0, description="fine-tuning optimizer steps after each increment (0: one-shot)")
     recovery_lr: float = Field(5e-5, gt=0)

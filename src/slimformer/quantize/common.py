@@ -1,12 +1,12 @@
 """Fields and helpers shared by the quantization steps: which layers, embeddings, and the accuracy guard."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
-from ..steps import Context, StepConfig
+from ..steps import Context, StepConfig, regexes
 from .guard import check_accuracy
 from .modules import QEmbedding, QLinear
 from .ops import select_linears
@@ -15,12 +15,18 @@ from .ops import select_linears
 class QuantStep(StepConfig):
     """Base of the quantization step configs (not a step itself)."""
 
+    quantizes: ClassVar[bool] = True
     include: list[str] | None = Field(None, description="regexes of Linear names to quantize (default: all)")
     exclude: list[str] = Field(default_factory=list, description="regexes of Linear names to keep in fp32")
     skip_head: bool = Field(True, description="leave the task head (pooler, classifier) in fp32")
     guard: bool = Field(True, description="evaluate on the dev split and warn when the metric drops")
     tolerance: float = Field(1.0, ge=0, description="allowed drop of the main metric, in points")
     guard_examples: int | None = Field(None, ge=1, description="evaluate the guard on the first N dev examples")
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, v: list[str] | None, info: Any) -> list[str] | None:
+        return regexes(v, info.field_name)
 
     def targets(self, model: nn.Module) -> list[str]:
         return select_linears(model, self.include, self.exclude, self.skip_head)

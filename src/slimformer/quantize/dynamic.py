@@ -19,7 +19,7 @@ from ..errors import SlimformerError
 from ..steps import Context, implements
 from .advice import choose_backend, int8_advice, slow_warning, warn
 from .common import QuantStep, run_guard, summary
-from .onnx_backend import quantize_onnx
+from .onnx_backend import ort_unsupported, quantize_onnx
 from .ops import quantize_embeddings, quantize_linears
 
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -34,6 +34,11 @@ class QuantizeDynamic(QuantStep):
     embeddings: bool = Field(True, description="store the word embeddings as int8")
     fuse: bool = Field(True, description="onnxruntime: fuse attention, embeddings+LayerNorm, SkipLayerNorm and "
                                          "BiasGelu in the float graph before quantizing (checked against PyTorch)")
+
+    def preflight(self, model: nn.Module, task: Any) -> None:
+        reason = ort_unsupported(model) if self.backend == "onnxruntime" else None
+        if reason:
+            raise SlimformerError(f"quantize_dynamic: {reason}")
 
 
 def _torch(model: nn.Module, names: list[str], cfg: QuantizeDynamic) -> nn.Module:
@@ -58,6 +63,11 @@ def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, token
         return _torch(model, names, cfg)
     if cfg.backend == "onnxruntime":
         return quantize_onnx(model, tokenizer, names, mode="dynamic", embeddings=cfg.embeddings, optimize=cfg.fuse)
+    reason = ort_unsupported(model)
+    if reason:  # only one backend can serve this model: nothing to time
+        out = _torch(model, names, cfg)
+        _record(out, {"chosen": "torch", "why": reason})
+        return out
     cands = {"torch": _torch(copy.deepcopy(model), names, cfg)}
     error = None
     try:

@@ -159,6 +159,18 @@ class _Reader:
         self.i = 0
 
 
+def ort_unsupported(model: nn.Module) -> str | None:
+    """Why the ONNX Runtime quantization path cannot serve this model, or None when it can (an encoder with a
+    classification or embedding output; generative models need a KV-cache decoder loop it does not have)."""
+    from ..models import get_adapter
+
+    ad = get_adapter(model)
+    if ad.is_multi_stack(model) or ad.stacks(model)[0].name != "encoder":
+        return (f"the ONNX Runtime INT8 path serves encoder models; {type(model).__name__} is generative "
+                f"(use backend: torch)")
+    return None
+
+
 def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode: str = "dynamic",
                   calib_batches: list[dict[str, torch.Tensor]] | None = None, method: str = "minmax",
                   percentile: float = 99.99, per_channel: bool = True, embeddings: bool = True,
@@ -173,6 +185,10 @@ def quantize_onnx(model: nn.Module, tokenizer: Any, modules: Sequence[str], mode
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
+
+    reason = ort_unsupported(model)
+    if reason:
+        raise SlimformerError(reason)
 
     from ..export import to_onnx
     from .ort_fusion import fuse, root_log_level

@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import check
 from ..models import apply_op, get_adapter, num_params, register_op
+from ..prune.layers import stack_of
 from ..steps import Context, StepConfig, implements
 
 Init = Literal["first", "middle", "last", "average"]
@@ -46,8 +47,8 @@ def _source_index(group: list[int], init: str) -> int:
 
 
 @register_op("share_layers")
-def _share_layers(model: nn.Module, groups: list[list[int]], init: str = "first") -> None:
-    layers = get_adapter(model).layers(model)
+def _share_layers(model: nn.Module, groups: list[list[int]], init: str = "first", stack: str | None = None) -> None:
+    layers = get_adapter(model).layers(model, stack)
     for group in groups:
         if len(group) < 2:
             continue
@@ -73,18 +74,21 @@ def _share_layers(model: nn.Module, groups: list[list[int]], init: str = "first"
             layers[i]._tied_weights_keys = {".*": ".*"}
 
 
-def share_layers(model: nn.Module, groups: list[list[int]], init: Init = "first") -> nn.Module:
-    """Tie the parameters of each group of layers (validated partition; recorded so the model reloads)."""
-    n = len(get_adapter(model).layers(model))
+def share_layers(model: nn.Module, groups: list[list[int]], init: Init = "first", stack: str | None = None
+                 ) -> nn.Module:
+    """Tie the parameters of each group of layers of a stack (validated partition; recorded for reload)."""
+    stack = stack_of(model, stack, "share_layers")
+    n = len(get_adapter(model).layers(model, stack))
     groups = make_groups(n, groups=groups)
     check(init in ("first", "middle", "last", "average"), f"share_layers: unknown init {init!r}")
-    apply_op(model, "share_layers", groups=groups, init=init)
+    extra = {"stack": stack} if get_adapter(model).is_multi_stack(model) else {}
+    apply_op(model, "share_layers", groups=groups, init=init, **extra)
     return model
 
 
-def sharing_groups(model: nn.Module) -> list[list[int]]:
-    """The current partition of the layers into groups that share every parameter (singletons included)."""
-    layers = get_adapter(model).layers(model)
+def sharing_groups(model: nn.Module, stack: str | None = None) -> list[list[int]]:
+    """The current partition of a stack's layers into groups that share every parameter (singletons included)."""
+    layers = get_adapter(model).layers(model, stack)
     keys = [tuple(id(p) for p in layer.parameters()) for layer in layers]
     out: dict[tuple[int, ...], list[int]] = {}
     for i, k in enumerate(keys):
@@ -99,6 +103,11 @@ class ShareLayers(StepConfig):
     group_size: int | None = None
     groups: list[list[int]] | None = None
     init: Init = "first"
+    stack: str | None = Field(None, description="encoder or decoder (required for an encoder-decoder model)")
+
+    def preflight(self, model: nn.Module, task: object) -> None:
+        n = len(get_adapter(model).layers(model, stack_of(model, self.stack, self.step)))
+        make_groups(n, self.group_size, self.groups)
 
     @model_validator(mode="after")
     def _one_rule(self) -> "ShareLayers":
@@ -110,10 +119,11 @@ class ShareLayers(StepConfig):
 
 @implements(ShareLayers)
 def share_layers_step(model: nn.Module, cfg: ShareLayers, ctx: Context) -> nn.Module:
-    n = len(get_adapter(model).layers(model))
+    stack = stack_of(model, cfg.stack, cfg.step)
+    n = len(get_adapter(model).layers(model, stack))
     groups = make_groups(n, cfg.group_size, cfg.groups)
     before = num_params(model)
-    share_layers(model, groups, cfg.init)
+    share_layers(model, groups, cfg.init, stack)
     ctx.note("groups", groups)
     ctx.note("params_before_after", [before, num_params(model)])
     return model

@@ -1,0 +1,107 @@
+"""What generation costs: prefill time, per-token decode time with the KV cache, tokens/s and cache memory.
+
+Decoder-only: the prompt is one forward that fills the cache (prefill); each new token is one forward of one
+token against the cache (decode). Encoder-decoder: the encoder runs once on the source (its time is reported
+separately), then the decoder runs one token per step against its self-attention cache and the cached
+cross-attention keys/values. Greedy next tokens, so the work per step is what beam 1 costs.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .bench import threads
+from .data import dummy_inputs
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes of every key/value tensor a transformers Cache object holds (self and cross attention)."""
+    seen: set[int] = set()
+    total = 0
+
+    def walk(obj: Any, depth: int = 0) -> None:
+        nonlocal total
+        if depth > 4 or obj is None:
+            return
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                total += obj.numel() * obj.element_size()
+            return
+        if isinstance(obj, (list, tuple)):
+            for x in obj:
+                walk(x, depth + 1)
+            return
+        for name in ("self_attention_cache", "cross_attention_cache", "layers", "keys", "values"):
+            if hasattr(obj, name):
+                walk(getattr(obj, name), depth + 1)
+
+    walk(cache)
+    return total
+
+
+@torch.inference_mode()
+def _decode(model: nn.Module, first: torch.Tensor, cache: Any, steps: int, mask: torch.Tensor
+            ) -> tuple[list[float], Any]:
+    """Times (ms) of `steps` one-token forwards against the cache (greedy next token), and the final cache."""
+    times = []
+    token = first
+    for _ in range(steps):
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        t = time.perf_counter()
+        out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
+        times.append((time.perf_counter() - t) * 1000)
+        cache = out.cache
+        token = out.logits[:, -1:].argmax(-1)
+    return times, cache
+
+
+def generation_profile(model: nn.Module, tokenizer: Any, prompt_len: int = 128, new_tokens: int = 32,
+                       batch: int = 1, n_threads: int | None = None, runs: int = 3) -> dict[str, Any]:
+    """Median prefill (or encoder) ms, decode ms per token, tokens/s and KV-cache bytes after the run."""
+    model.eval()
+    inputs = dummy_inputs(tokenizer, batch, prompt_len, model=model)
+    seq2seq = bool(model.config.is_encoder_decoder)
+    prefill, decode, kv = [], [], 0
+    start = torch.full((batch, 1), int(model.config.decoder_start_token_id or 0)) if seq2seq else None
+    with threads(n_threads) as nt, torch.inference_mode():
+        for r in range(runs + 1):  # the first run warms up
+            t = time.perf_counter()
+            if seq2seq:
+                enc = model.get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+                ms = (time.perf_counter() - t) * 1000
+                steps, cache = _decode_seq2seq(model, start, new_tokens, enc, inputs["attention_mask"])
+            else:
+                out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=True)
+                ms = (time.perf_counter() - t) * 1000
+                steps, cache = _decode(model, out.logits[:, -1:].argmax(-1), out.cache, new_tokens,
+                                       inputs["attention_mask"])
+            if r > 0:
+                prefill.append(ms)
+                decode.append(statistics.median(steps))
+                kv = cache_bytes(cache)
+    per_token = statistics.median(decode)
+    return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "threads": nt, "runs": runs,
+            "encoder_ms" if seq2seq else "prefill_ms": round(statistics.median(prefill), 3),
+            "decode_ms_per_token": round(per_token, 3), "tokens_per_s": round(1000.0 * batch / per_token, 2),
+            "kv_cache_bytes": kv}
+
+
+@torch.inference_mode()
+def _decode_seq2seq(model: nn.Module, start: torch.Tensor, steps: int, enc: Any, mask: torch.Tensor
+                    ) -> tuple[list[float], Any]:
+    """Decoder step times (ms) and the final cache (self-attention and cached cross-attention keys/values)."""
+    times: list[float] = []
+    token, cache = start, None
+    for _ in range(steps):
+        t = time.perf_counter()
+        out = model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=token, cache=cache,
+                    use_cache=True)
+        times.append((time.perf_counter() - t) * 1000)
+        cache = out.cache
+        token = out.logits[:, -1:].argmax(-1)
+    return times, cache
