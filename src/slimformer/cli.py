@@ -44,18 +44,19 @@ def _out(obj: Any, path: Optional[Path]) -> None:
 def profile(model: str = typer.Argument(..., help=MODEL_HELP),
             seq_len: int = typer.Option(128, min=1, help="sequence length of the dummy batch"),
             batch: int = typer.Option(1, min=1),
-            threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: torch's)"),
-            runs: int = typer.Option(10, min=1, help="timed forward passes (median reported)"),
+            threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: the cores this "
+                                                  "process may use, os.sched_getaffinity)"),
+            runs: int = typer.Option(10, min=1, help="timed forward passes (median and spread reported)"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the profile as JSON")) -> None:
     """Parameters, FLOPs, measured latency and memory per component (embeddings, attention, FFN, ...)."""
     from . import models
     from .profile import profile_model
-    from .progress import console
+    from .progress import show
     from .report import profile_table
 
     m, tok = models.load(model)
     prof = profile_model(m, tok, seq_len, batch, threads, runs)
-    console.print(profile_table(prof))
+    show(profile_table(prof))
     _out(prof, json_out)
 
 
@@ -96,21 +97,21 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
 def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = typer.Option(..., help=TASK_HELP),
              data: str = typer.Option(...), split: str = typer.Option("dev"), max_len: int = typer.Option(128),
              seq_len: int = typer.Option(128, help="sequence length of the latency measurement"),
-             threads: Optional[int] = typer.Option(None, min=1),
+             threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: the usable cores)"),
              json_out: Optional[Path] = typer.Option(None, "--json"),
              text_col: Optional[str] = None, pair_col: Optional[str] = None, label_col: Optional[str] = None
              ) -> None:
-    """Task metric(s), parameters, size on disk, latency at batch 1 and 32."""
+    """Task metric(s), parameters, size on disk, latency at batch 1 and 32 (median, spread, reliability)."""
     from . import models
     from .evaluate import evaluate_task, footprint
-    from .progress import console
+    from .progress import show
     from .report import kv_table
 
     td = _task(task, data, text_col, pair_col, label_col)
     m, tok = models.load(model, num_labels=len(td.labels))
     res = {"model": model, "task": td.name, "split": split, **evaluate_task(m, tok, td, split, max_len),
            **footprint(m, tok, seq_len, n_threads=threads)}
-    console.print(kv_table(res, f"{model} on {td.name}/{split}"))
+    show(kv_table(res, f"{model} on {td.name}/{split}"))
     _out(res, json_out)
 
 
