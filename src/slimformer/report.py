@@ -201,10 +201,11 @@ def profile_table(prof: dict[str, Any]) -> Table:
         t.add_row(f"[dim]all {kind}[/dim]", "", f"{100 * d['params_share']:.1f}", "", f"{100 * d['flops_share']:.1f}",
                   "", f"{100 * d['time_share']:.1f}")
     lat = tot.get("latency")
-    t.caption = (f"total {tot['params']:,} params, {tot['flops'] / 1e9:.2f} GFLOPs, "
-                 f"{latency_text(lat) if lat else format(tot['ms'], '.1f') + ' ms'} (whole forward, with the "
-                 f"component hooks); weights {tot['weights_bytes'] / 1e6:.1f} MB + peak activations "
-                 f"{tot['peak_activation_bytes'] / 1e6:.1f} MB; {tot['size_on_disk_bytes'] / 1e6:.1f} MB on disk")
+    t.caption = (f"total {tot['params']:,} params, {tot['flops'] / 1e9:.2f} GFLOPs; weights "
+                 f"{tot['weights_bytes'] / 1e6:.1f} MB + peak activations {tot['peak_activation_bytes'] / 1e6:.1f} MB; "
+                 f"{tot['size_on_disk_bytes'] / 1e6:.1f} MB on disk\nwhole forward (component hooks on): "
+                 f"{latency_text(lat) if lat else format(tot['ms'], '.1f') + ' ms'}")
+    t.caption_justify = "left"
     return t
 
 
