@@ -222,7 +222,7 @@ def _final_comparison(before: torch.nn.Module, after: torch.nn.Module, tokenizer
     if drifts:
         comp["run_drift"] = ("the input model's latency moved during the run (" + "; ".join(drifts) + "): the "
                              "machine's speed changed, so the ledger's per-step latencies are not comparable "
-                             "with each other; trust the interleaved speed-up")
+                             "with each other; compare input and output through the interleaved speed-up")
     return comp
 
 

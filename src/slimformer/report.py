@@ -103,7 +103,7 @@ def ledger_table(rows: list[dict[str, Any]], comparison: dict[str, Any] | None =
         lines.append("| " + " | ".join(cells) + " |")
     base = rows[0] if rows else {}
     lines += ["", f"Latency: median (p25-p75) ms over the timed calls, seq len {base.get('seq_len')}, "
-                  f"{base.get('threads')} threads; `?` marks a figure measured while the machine was not quiet."]
+                  f"{base.get('threads')} threads; `?` marks a figure not to be trusted (reasons below)."]
     warns = latency_warnings(rows)
     if warns:
         lines += [""] + [f"- {w}" for w in warns]
