@@ -79,6 +79,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from slimformer.bench import compare_latency
+    from slimformer.reliability import speedup
     from slimformer.distill import Distill, make_student
     from slimformer.evaluate import evaluate_task
     from slimformer.models import num_params
@@ -139,6 +140,8 @@ def main() -> None:
                               budget_s=args.latency_budget)
         lat[f"b{b}"] = {k: v.as_dict() for k, v in res.items()}
         lat[f"b{b}"]["speedup"] = round(res["teacher"].median_ms / res["student"].median_ms, 2)
+        lat[f"b{b}"]["speedup_band"] = speedup(res["teacher"].summary(), res["student"].summary(),
+                                               ("teacher", "student"))
 
     t_score = teacher_metrics[main_metric]
     others = rows[1:] + cache_rows + ablation + ([general] if general else [])

@@ -118,6 +118,7 @@ def main() -> None:
             for k, v in lat.items():
                 out.setdefault(k, {})[f"b{b}_ms"] = round(v.median_ms, 2)
                 out[k][f"b{b}_runs"] = v.runs
+                out[k][f"b{b}"] = v.summary()  # spread and reliability
         for k, v in out.items():
             v["b1_vs_teacher"] = round(v["b1_ms"] / out["teacher"]["b1_ms"], 3)
             v["b32_vs_teacher"] = round(v["b32_ms"] / out["teacher"]["b32_ms"], 3)

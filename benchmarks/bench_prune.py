@@ -63,6 +63,7 @@ def latencies(models: dict[str, Any], tok: Any) -> dict[str, dict[str, float]]:
         for k, v in lat.items():
             out[k][f"b{b}_ms"] = round(v.median_ms, 2)
             out[k][f"b{b}_runs"] = v.runs
+            out[k][f"b{b}"] = v.summary()  # spread and reliability
     base = out.get("teacher")
     if base:
         for k in out:

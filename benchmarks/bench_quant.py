@@ -167,6 +167,7 @@ def measure(cands: dict[str, tuple[Any, int, str]], tok: Any, t: Any, args: argp
         r["b32_speedup"] = round(lat32[FP32].median_ms / lat32[k].median_ms, 2)
         r["threads"] = lat1[k].threads
         r["b1_runs"], r["b32_runs"] = lat1[k].runs, lat32[k].runs
+        r["b1"], r["b32"] = lat1[k].summary(), lat32[k].summary()  # spread and reliability
     return rows
 
 

@@ -104,6 +104,7 @@ def part_latency(teacher_model: Any, tok: Any, t: Any) -> dict[str, Any]:
     base = lat["teacher"].median_ms
     return {"b32_ms": {k: round(v.median_ms, 1) for k, v in lat.items()},
             "runs": {k: v.runs for k, v in lat.items()},
+            "b32": {k: v.summary() for k, v in lat.items()},  # spread and reliability
             "ratio_vs_teacher": {k: round(v.median_ms / base, 3) for k, v in lat.items()}}
 
 

@@ -66,15 +66,17 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from slimformer.progress import show
+
     if not rows:
         return
     table = Table(title=title)
-    cols = list(rows[0].keys())
+    cols = [c for c, v in rows[0].items() if not isinstance(v, (dict, list))]  # nested: JSON only (spreads)
     for c in cols:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*[f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
-    Console().print(table)
+    show(table, Console())
 
 
 def ready_teacher(name: str, threads: int) -> tuple[Any, Any, Any]:

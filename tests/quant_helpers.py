@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+import slimformer
 from slimformer.tasks import Example, TaskData
 
 WORDS = "a fine film well acted dull and far too long to sit through ok great bad plot music actors story".split()
@@ -43,8 +44,11 @@ with torch.no_grad():
 
 
 def fresh_logits(path: str | Path, texts: list[str]) -> torch.Tensor:
-    """Logits of the model saved at path, loaded in a fresh Python process."""
+    """Logits of the model saved at path, loaded in a fresh Python process (importing the slimformer under
+    test, not whichever one the venv has installed)."""
+    src = str(Path(slimformer.__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", RELOAD, str(path), json.dumps(texts)], capture_output=True,
                          text=True, check=True, env={"SLIMFORMER_QUIET": "1", "HF_HUB_OFFLINE": "1",
-                                                     "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                                                     "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                                                     "PYTHONPATH": src})
     return torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))

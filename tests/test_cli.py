@@ -49,10 +49,12 @@ def test_profile_evaluate_compress_report_export(tiny_dir):
     tiny, data = str(tiny_dir / "tiny"), str(tiny_dir / "data" / "sst2")
     res = run("profile", tiny, "--seq-len", "16", "--runs", "2", "--json", str(tiny_dir / "p.json"))
     assert res.returncode == 0, res.stderr
-    assert json.loads((tiny_dir / "p.json").read_text())["total"]["params"] > 0
+    prof = json.loads((tiny_dir / "p.json").read_text())
+    assert prof["total"]["params"] > 0 and {"median_ms", "p25_ms", "reliable"} <= set(prof["total"]["latency"])
     res = run("evaluate", tiny, "--task", "sst2", "--data", data, "--seq-len", "16", "--json", str(tiny_dir / "e.json"))
     assert res.returncode == 0, res.stderr
-    assert 0 <= json.loads((tiny_dir / "e.json").read_text())["accuracy"] <= 1
+    ev = json.loads((tiny_dir / "e.json").read_text())
+    assert 0 <= ev["accuracy"] <= 1 and ev["latency_b1"]["median_ms"] == pytest.approx(ev["latency_b1_ms"], abs=1e-3)
     recipe = tiny_dir / "r.yaml"
     recipe.write_text("eval: {seq_len: 16, batches: [1], latency_budget_s: 0.05}\nsteps:\n  - {step: drop_layers, keep: 1}\n")
     res = run("compress", tiny, "--recipe", str(recipe), "--out", str(tiny_dir / "out"), "--task", "sst2",

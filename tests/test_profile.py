@@ -28,8 +28,8 @@ def test_compare_latency_blocks_drop_the_first_call(tokenizer):
             calls[k] += 1
         return f
 
-    lat = compare_latency({"a": make("a"), "b": make("b")}, tokenizer, 1, 8, warmup=2, runs=3, block=4)
+    lat = compare_latency({"a": make("a"), "b": make("b")}, tokenizer, 1, 8, warmup=2, runs=3, block=4, retries=0)
     assert calls == {"a": 2 + 1 + 3 * 4, "b": 2 + 1 + 3 * 4}
     assert lat["a"].runs == 3 * 3 and lat["b"].runs == 3 * 3
-    lat = compare_latency({"a": make("a")}, tokenizer, 1, 8, warmup=0, runs=5, block=1)
+    lat = compare_latency({"a": make("a")}, tokenizer, 1, 8, warmup=0, runs=5, block=1, retries=0)
     assert lat["a"].runs == 5

@@ -70,6 +70,9 @@ def test_compress_records_every_step_and_claims_hold(tiny_bert, tokenizer, tiny_
     assert rows[0]["params"] - rows[1]["params"] == 2 * layer_params
     assert rows[1]["info"]["kept_layers"] == [2, 3]
     assert "accuracy" in rows[2]["metrics"] and rows[2]["latency_b4_ms"] > 0
+    spread = {"min_ms", "p25_ms", "median_ms", "p75_ms", "max_ms", "runs", "reliable", "warning"}
+    assert spread <= set(rows[2]["latency_b4"])
+    assert {"speedup", "speedup_lo", "speedup_hi", "reliable", "warning"} <= set(res.comparison["b4"])
     assert not (tmp_path / ".out.work").exists()
     assert (fresh_process_logits(tmp_path / "out") - logits(res.model, tokenizer)).abs().max() < 1e-5
     assert "drop_layers" in res.table()

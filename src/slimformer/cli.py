@@ -55,8 +55,9 @@ def _out(obj: Any, path: Optional[Path]) -> None:
 def profile(model: str = typer.Argument(..., help=MODEL_HELP),
             seq_len: int = typer.Option(128, min=1, help="sequence length of the dummy batch"),
             batch: int = typer.Option(1, min=1),
-            threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: torch's)"),
-            runs: int = typer.Option(10, min=1, help="timed forward passes (median reported)"),
+            threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: the cores this "
+                                                  "process may use, os.sched_getaffinity)"),
+            runs: int = typer.Option(10, min=1, help="timed forward passes (median and spread reported)"),
             new_tokens: int = typer.Option(32, min=1, help="generative models: tokens decoded for the per-token time"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the profile as JSON")) -> None:
     """Parameters, FLOPs, measured latency and memory per component (embeddings, attention, cross-attention,
@@ -64,17 +65,17 @@ def profile(model: str = typer.Argument(..., help=MODEL_HELP),
     tokens/s and KV-cache memory."""
     from . import models
     from .profile import profile_model
-    from .progress import console
+    from .progress import show
     from .report import kv_table, profile_table
 
     m, tok = models.load(model)
     prof = profile_model(m, tok, seq_len, batch, threads, runs)
-    console.print(profile_table(prof))
+    show(profile_table(prof))
     if hasattr(m, "can_generate") and m.can_generate():
         from .generation import generation_profile
 
         prof["generation"] = generation_profile(m, tok, seq_len, new_tokens, batch, threads, max(1, runs // 3))
-        console.print(kv_table(prof["generation"], f"generation: prompt {seq_len}, {new_tokens} new tokens"))
+        show(kv_table(prof["generation"], f"generation: prompt {seq_len}, {new_tokens} new tokens"))
     _out(prof, json_out)
 
 
@@ -131,16 +132,16 @@ def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = type
              split: Optional[str] = typer.Option(None, help="default: dev (test for language modelling)"),
              max_len: int = typer.Option(128), seq_len: int = typer.Option(128, help="sequence length of the "
                                                                               "latency measurement"),
-             threads: Optional[int] = typer.Option(None, min=1),
+             threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: the usable cores)"),
              json_out: Optional[Path] = typer.Option(None, "--json"),
              text_col: Optional[str] = TEXT_COL, pair_col: Optional[str] = PAIR_COL,
              label_col: Optional[str] = LABEL_COL, mode: Optional[str] = MODE, src: Optional[str] = SRC,
              tgt: Optional[str] = TGT, beams: Optional[int] = BEAMS, context: Optional[int] = CONTEXT,
              stride: Optional[int] = STRIDE, max_eval_tokens: Optional[int] = MAX_EVAL_TOKENS) -> None:
-    """Task metric(s), parameters, size on disk, latency at batch 1 and 32."""
+    """Task metric(s), parameters, size on disk, latency at batch 1 and 32 (median, spread, reliability)."""
     from . import models
     from .evaluate import evaluate_task, footprint
-    from .progress import console
+    from .progress import show
     from .report import kv_table
 
     td = _task(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
@@ -151,7 +152,7 @@ def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = type
            **footprint(m, tok, seq_len, n_threads=threads)}
     if getattr(td, "last_signature", ""):
         res["sacrebleu"] = td.last_signature
-    console.print(kv_table(res, f"{model} on {td.name}/{split}"))
+    show(kv_table(res, f"{model} on {td.name}/{split}"))
     _out(res, json_out)
 
 

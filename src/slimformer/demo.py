@@ -9,7 +9,7 @@ from .errors import check
 from .evaluate import evaluate_task
 from .fsutil import write_json
 from .profile import profile_model
-from .progress import console
+from .progress import console, show
 from .recipe import compress, read_recipe
 from .report import comparison_line, print_ledger, profile_table, write_report
 from .train import TrainConfig, finetune
@@ -59,7 +59,7 @@ def run_demo(data_root: Path, out: Path, recipe_path: Path, quick: bool = False)
     console.rule("[bold]3. profile (seq len 128)")
     for batch in (1, 32):
         prof = profile_model(model, tok, seq_len=128, batch=batch, runs=3 if quick else 10)
-        console.print(profile_table(prof))
+        show(profile_table(prof))
         write_json(out / f"profile-b{batch}.json", prof)
 
     console.rule(f"[bold]4. compress with {recipe_path}")

@@ -43,11 +43,13 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, split: str | None = No
 
 def footprint(model: torch.nn.Module, tokenizer: Any, seq_len: int = 128, batches: tuple[int, ...] = (1, 32),
               n_threads: int | None = None, budget_s: float = 6.0) -> dict[str, Any]:
-    """Parameters, bytes on disk and latency at the given batch sizes."""
+    """Parameters, bytes on disk and latency at the given batch sizes (`latency_b{N}_ms` the median,
+    `latency_b{N}` its spread and reliability)."""
     out: dict[str, Any] = {"params": num_params(model), "size_bytes": saved_size(model)}
     for b in batches:
         lat = compare_latency({"m": model}, tokenizer, b, seq_len, n_threads, budget_s=budget_s)["m"]
         out[f"latency_b{b}_ms"] = round(lat.median_ms, 3)
+        out[f"latency_b{b}"] = lat.summary()
         out["threads"] = lat.threads
     out["seq_len"] = seq_len
     return out

@@ -2,8 +2,9 @@
 
 Latency per component is measured, not derived from FLOPs: forward pre/post hooks on the component modules
 time every call (CPU execution is synchronous), nested LayerNorms are subtracted from their parent block,
-and "other" is the whole forward minus the components (masks, residual glue). FLOPs are counted by
-torch.utils.flop_counter (matmuls and attention kernels).
+and "other" is the whole forward minus the components (masks, residual glue). The whole forward is timed
+by bench.compare_latency (hooks on), so the total carries its spread and reliability like every latency.
+FLOPs are counted by torch.utils.flop_counter (matmuls and attention kernels).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .bench import saved_size, threads
+from .bench import Latency, compare_latency, saved_size, threads
 from .data import dummy_inputs
 from .models import get_adapter
 from .models.io import num_params
@@ -93,8 +94,9 @@ def _flop_rows(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[dict[
     return rows, int(counter.get_total_flops())
 
 
-def _time_rows(model: nn.Module, inputs: dict[str, torch.Tensor], runs: int) -> tuple[dict[str, float], float]:
-    """Median self time (ms) per label over runs, and the median whole-forward time."""
+def _time_rows(model: nn.Module, tokenizer: Any, batch: int, seq_len: int, n_threads: int, runs: int
+               ) -> tuple[dict[str, float], Latency]:
+    """Median self time (ms) per label, and the whole-forward timing (bench.compare_latency, hooks on)."""
     mods = timed_modules(model)
     stack: list[list[float]] = []  # [start, child_time]
     acc: dict[str, float] = defaultdict(float)
@@ -113,25 +115,33 @@ def _time_rows(model: nn.Module, inputs: dict[str, torch.Tensor], runs: int) -> 
 
         return post
 
+    per_call: list[dict[str, float]] = []
+
+    def fwd(inputs: dict[str, torch.Tensor]) -> None:
+        acc.clear()
+        with torch.inference_mode():
+            model(**inputs)
+        per_call.append({k: v * 1000 for k, v in acc.items()})
+
     for label, _, mod in mods:
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post_for(label)))
-    per_run: list[dict[str, float]] = []
-    totals = []
+    best: tuple[list[dict[str, float]], Latency] | None = None
     try:
-        with torch.inference_mode():
-            model(**inputs)
-            for _ in range(runs):
-                acc.clear()
-                t = time.perf_counter()
-                model(**inputs)
-                totals.append((time.perf_counter() - t) * 1000)
-                per_run.append({k: v * 1000 for k, v in acc.items()})
+        for _ in range(2):  # re-measured once if flagged, like compare_latency's retries, keeping calls together
+            per_call.clear()
+            lat = compare_latency({"model": fwd}, tokenizer, batch, seq_len, n_threads, warmup=1, runs=runs,
+                                  block=1, retries=0)["model"]
+            if best is None or (lat.reliable and not best[1].reliable):
+                best = (per_call[2:], lat)  # the timed calls (not the warm-up and sizing calls)
+            if lat.reliable:
+                break
     finally:
         for h in handles:
             h.remove()
-    labels = {k for r in per_run for k in r}
-    return {k: statistics.median(r.get(k, 0.0) for r in per_run) for k in labels}, statistics.median(totals)
+    timed, lat = best
+    labels = {k for r in timed for k in r}
+    return {k: statistics.median(r.get(k, 0.0) for r in timed) for k in labels}, lat
 
 
 def _peak_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
@@ -156,9 +166,9 @@ def profile_model(model: nn.Module, tokenizer: Any, seq_len: int = 128, batch: i
     with threads(n_threads) as nt:
         params = _param_rows(model)
         flops, total_flops = _flop_rows(model, inputs)
-        times, total_ms = _time_rows(model, inputs, runs)
+        times, lat = _time_rows(model, tokenizer, batch, seq_len, nt, runs)
         peak = _peak_memory(model, inputs)
-    total_params = num_params(model)
+    total_params, total_ms = num_params(model), lat.median_ms
     order = ["embeddings"] + [k for k in params if k.split()[0] in ("layer", "encoder", "decoder")] + \
         ["layernorm", "head", "other"]
     labels = list(dict.fromkeys(order + [k for k in list(params) + list(times) if k not in order]))
@@ -172,8 +182,8 @@ def profile_model(model: nn.Module, tokenizer: Any, seq_len: int = 128, batch: i
                      "flops_share": f / total_flops if total_flops else 0.0, "ms": ms,
                      "time_share": ms / total_ms if total_ms else 0.0})
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"batch": batch, "seq_len": seq_len, "threads": nt, "runs": runs, "rows": rows,
-            "total": {"params": total_params, "flops": total_flops, "ms": total_ms,
+    return {"batch": batch, "seq_len": seq_len, "threads": nt, "runs": lat.runs, "rows": rows,
+            "total": {"params": total_params, "flops": total_flops, "ms": total_ms, "latency": lat.summary(),
                       "weights_bytes": weight_bytes, "peak_activation_bytes": peak,
                       "peak_memory_bytes": weight_bytes + peak, "size_on_disk_bytes": saved_size(model)},
             "by_kind": _by_kind(rows)}

@@ -10,9 +10,10 @@
         epochs: 1
 
 The runner works on a copy of the model, evaluates it after every step (task metric, parameters, size on
-disk, latency at batch 1 and 32) and appends one JSON line per step to `ledger.jsonl`. Finished steps are
-checkpointed in `<out>.work/`, so re-running the same command after an interruption resumes after the
-last finished step. The output directory is written atomically at the end.
+disk, latency at batch 1 and 32 with its spread and reliability, see bench.py) and appends one JSON line
+per step to `ledger.jsonl`. Finished steps are checkpointed in `<out>.work/`, so re-running the same
+command after an interruption resumes after the last finished step. The output directory is written
+atomically at the end.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from .evaluate import evaluate_task
 from .fsutil import atomic_dir, write_json
 from .models.io import num_params, save
 from .progress import console
+from .reliability import RUN_DRIFT, speedup
 from .steps import Context, StepConfig, apply_step, parse_step
 from .tasks import Task
 from .tasks import load as load_task
@@ -152,6 +154,7 @@ def measure(model: torch.nn.Module, tokenizer: Any, task: Task | None, ev: EvalS
     for b in ev.batches:
         lat = compare_latency({"m": model}, tokenizer, b, ev.seq_len, ev.threads, budget_s=ev.latency_budget_s)["m"]
         row[f"latency_b{b}_ms"] = round(lat.median_ms, 3)
+        row[f"latency_b{b}"] = lat.summary()
         row["threads"] = lat.threads
     row["seq_len"] = ev.seq_len
     return row
@@ -218,7 +221,7 @@ def compress(
         from .report import print_ledger
 
         print_ledger(rows)
-    comparison = _final_comparison(model, current, tokenizer, ev)
+    comparison = _final_comparison(model, current, tokenizer, ev, rows[0])
     with atomic_dir(out) as tmp:
         save(current, tokenizer, tmp / "model")
         for f in tmp.joinpath("model").iterdir():
@@ -265,15 +268,27 @@ def step_guard(task: Task, first: dict[str, Any], row: dict[str, Any], tolerance
     return {"ok": not bad, "tolerance": tolerance, "metrics": rows}
 
 
-def _final_comparison(before: torch.nn.Module, after: torch.nn.Module, tokenizer: Any, ev: EvalSettings) -> dict:
-    """Input vs output latency measured interleaved in the same run: the speed-up figure to trust."""
-    comp: dict[str, Any] = {"threads": None, "seq_len": ev.seq_len}
+def _final_comparison(before: torch.nn.Module, after: torch.nn.Module, tokenizer: Any, ev: EvalSettings,
+                      first: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Input vs output latency measured interleaved in the same run: the speed-up figure to trust, with its
+    band and reliability. The input model is also compared with its own timing at the start of the run
+    (`first`, the ledger's input row): if the machine's speed moved, the ledger's steps are not comparable."""
+    comp: dict[str, Any] = {"threads": None, "usable_cores": None, "seq_len": ev.seq_len}
+    drifts = []
     for b in ev.batches:
         lat = compare_latency({"input": before, "output": after}, tokenizer, b, ev.seq_len, ev.threads,
                               budget_s=2 * ev.latency_budget_s)
-        comp[f"b{b}"] = {"input_ms": round(lat["input"].median_ms, 3), "output_ms": round(lat["output"].median_ms, 3),
-                         "speedup": round(lat["input"].median_ms / lat["output"].median_ms, 3)}
-        comp["threads"] = lat["input"].threads
+        i, o = lat["input"].summary(), lat["output"].summary()
+        comp[f"b{b}"] = {"input_ms": round(i["median_ms"], 3), "output_ms": round(o["median_ms"], 3),
+                         **speedup(i, o, ("input", "output")), "input": i, "output": o}
+        comp["threads"], comp["usable_cores"] = lat["input"].threads, lat["input"].usable_cores
+        start = (first or {}).get(f"latency_b{b}_ms")
+        if start and abs(i["median_ms"] / start - 1) > RUN_DRIFT:
+            drifts.append(f"batch {b}: {start:.1f} ms at the start of the run, {i['median_ms']:.1f} ms at the end")
+    if drifts:
+        comp["run_drift"] = ("the input model's latency moved during the run (" + "; ".join(drifts) + "): the "
+                             "machine's speed changed, so the ledger's per-step latencies are not comparable "
+                             "with each other; compare input and output through the interleaved speed-up")
     return comp
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,21 +10,45 @@ from rich.table import Table
 
 from .errors import check
 from .fsutil import atomic_write_text
-from .progress import console
+from .progress import console, show
+from .reliability import latency_cell, latency_text, speedup_text
 
 
 def _metric_names(rows: list[dict[str, Any]]) -> list[str]:
     return list(rows[0].get("metrics", {}).keys()) if rows else []
 
 
+def _batches(rows: list[dict[str, Any]]) -> list[int]:
+    """Batch sizes with a latency in the rows (`latency_b{N}_ms`), ascending."""
+    found = {int(m.group(1)) for r in rows for k in r if (m := re.fullmatch(r"latency_b(\d+)_ms", k))}
+    return sorted(found)
+
+
+def _lat_cell(r: dict[str, Any], b: int) -> str:
+    return latency_cell(r.get(f"latency_b{b}_ms"), r.get(f"latency_b{b}"))
+
+
+def latency_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per unreliable latency in the rows (the cells marked `?`)."""
+    out = []
+    for r in rows:
+        for b in _batches([r]):
+            s = r.get(f"latency_b{b}") or {}
+            if not s.get("reliable", True):
+                out.append(f"? {r.get('label') or r.get('step')} (#{r.get('index', '')}) batch {b}: unreliable, "
+                           f"{s.get('warning')}")
+    return out
+
+
 def rich_table(rows: list[dict[str, Any]], title: str = "slimformer run") -> Table:
     metrics = _metric_names(rows)
+    batches = _batches(rows)
     base = rows[0] if rows else {}
-    t = Table(title=title)
+    t = Table(title=title, caption_justify="left")
     for c in ["#", "step", *metrics, "Δ " + metrics[0] if metrics else None, "params (M)", "size (MB)",
-              "b1 ms", "b32 ms"]:
+              *(f"b{b} ms (IQR)" for b in batches)]:
         if c:
-            t.add_column(c, justify="right" if c not in ("step",) else "left", no_wrap=c == "step")
+            t.add_column(c, justify="right" if c not in ("step",) else "left", overflow="fold")
     for r in rows:
         m = r.get("metrics", {})
         cells = [str(r.get("index", "")), r.get("step", "")]
@@ -32,35 +57,56 @@ def rich_table(rows: list[dict[str, Any]], title: str = "slimformer run") -> Tab
             delta = (m.get(metrics[0], float("nan")) - base.get("metrics", {}).get(metrics[0], float("nan"))) * 100
             cells.append(f"{delta:+.2f} pt")
         cells += [f"{r.get('params', 0) / 1e6:.2f}", f"{r.get('size_bytes', 0) / 1e6:.1f}",
-                  f"{r.get('latency_b1_ms', float('nan')):.1f}", f"{r.get('latency_b32_ms', float('nan')):.1f}"]
+                  *(_lat_cell(r, b) for b in batches)]
         t.add_row(*cells)
+    threads = {r.get("threads") for r in rows if r.get("threads")}
+    notes = [f"latency: median (p25-p75) ms, seq len {base.get('seq_len')}, "
+             f"{'/'.join(map(str, sorted(threads))) or '?'} threads"] + latency_warnings(rows)
+    t.caption = "\n".join(notes)
     return t
 
 
 def print_ledger(rows: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> None:
-    console.print(rich_table(rows))
+    show(rich_table(rows))
     if comparison:
         console.print(comparison_line(comparison))
 
 
 def comparison_line(comp: dict[str, Any]) -> str:
-    parts = [f"batch {k[1:]}: {v['input_ms']:.1f} -> {v['output_ms']:.1f} ms ({v['speedup']:.2f}x)"
-             for k, v in comp.items() if k.startswith("b") and isinstance(v, dict)]
-    return (f"speed-up measured interleaved in one run (seq len {comp.get('seq_len')}, "
-            f"{comp.get('threads')} threads): " + "; ".join(parts))
+    """The same-run speed-up: a header line, then one `- batch N: ...` line each with its band, or a `?` and
+    the reason it is not to be trusted."""
+    cores = f" of {comp['usable_cores']} usable cores" if comp.get("usable_cores") else ""
+    lines = [f"speed-up measured interleaved in one run (seq len {comp.get('seq_len')}, {comp.get('threads')} "
+             f"threads{cores}; median (p25-p75) ms, ratio band from the IQRs):"]
+    for k, v in comp.items():
+        if k.startswith("b") and isinstance(v, dict):
+            i, o = v.get("input"), v.get("output")
+            lines.append(f"- batch {k[1:]}: {latency_cell(v['input_ms'], i)} -> {latency_cell(v['output_ms'], o)} "
+                         f"ms, {speedup_text(v)}")
+    if comp.get("run_drift"):
+        lines.append(f"- ? {comp['run_drift']}")
+    return "\n".join(lines)
 
 
 def ledger_table(rows: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> str:
-    """The run as a Markdown table (plus the same-run speed-up line)."""
+    """The run as a Markdown table (plus unreliable-latency notes and the same-run speed-up line)."""
     metrics = _metric_names(rows)
-    head = ["#", "step", *metrics, "params (M)", "size (MB)", "latency b1 (ms)", "latency b32 (ms)", "step time (s)"]
+    batches = _batches(rows)
+    head = ["#", "step", *metrics, "params (M)", "size (MB)", *(f"latency b{b} (ms)" for b in batches),
+            "step time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         m = r.get("metrics", {})
         cells = [str(r.get("index", "")), r.get("step", "")] + [f"{m[k]:.4f}" if k in m else "-" for k in metrics]
         cells += [f"{r.get('params', 0) / 1e6:.2f}", f"{r.get('size_bytes', 0) / 1e6:.1f}",
-                  f"{r.get('latency_b1_ms', 0):.1f}", f"{r.get('latency_b32_ms', 0):.1f}", f"{r.get('seconds', 0):.0f}"]
+                  *(_lat_cell(r, b) for b in batches), f"{r.get('seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    base = rows[0] if rows else {}
+    lines += ["", f"Latency: median (p25-p75) ms over the timed calls, seq len {base.get('seq_len')}, "
+                  f"{base.get('threads')} threads; `?` marks a figure not to be trusted (reasons below)."]
+    warns = latency_warnings(rows)
+    if warns:
+        lines += [""] + [f"- {w}" for w in warns]
     if comparison:
         lines += ["", comparison_line(comparison)]
     return "\n".join(lines)
@@ -72,29 +118,55 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "after each recipe step",
-         connect: bool = True) -> Path:
-    """Metric vs size and metric vs batch-32 latency, one point per step, labelled."""
+def figure(rows: list[dict[str, Any]], title: str = "after each recipe step") -> Any:
+    """Metric vs size and metric vs latency at the largest batch: one labelled point per row, no lines
+    between them (rows are alternatives on a front, not a path). Latency points carry their IQR as an
+    error bar; points whose latency was flagged unreliable are hollow and grey, and named in the caption."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = _metric_names(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "size_bytes", "size on disk (MB)"), (axes[1], "latency_b32_ms",
-                                                                         "latency batch 32 (ms)")):
-        xs = [r.get(key, 0) / (1e6 if key == "size_bytes" else 1) for r in rows]
-        ys = [r.get("metrics", {}).get(metrics[0], 0) if metrics else 0 for r in rows]
-        ax.plot(xs, ys, "o-" if connect else "o", color="tab:blue")
-        for j, (x, y, r) in enumerate(zip(xs, ys, rows)):
-            ax.annotate(f"{r.get('label', str(r['index']) + ':' + r['step'])}", (x, y), textcoords="offset points",
-                        xytext=(4, 4 + 9 * (j % 3)), fontsize=8)
+    batches = _batches(rows)
+    panels: list[tuple[str, str, int | None]] = [("size_bytes", "size on disk (MB)", None)]
+    if batches:
+        b = batches[-1]
+        panels.append((f"latency_b{b}_ms", f"latency batch {b} (ms): median, bar = p25-p75", b))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.4), squeeze=False)
+    flagged = []
+    for ax, (key, label, b) in zip(axes[0], panels):
+        for j, r in enumerate(rows):
+            x = r.get(key, 0) / (1e6 if key == "size_bytes" else 1)
+            y = r.get("metrics", {}).get(metrics[0], 0) if metrics else 0
+            s = r.get(f"latency_b{b}") if b else None
+            ok = not s or s.get("reliable", True)
+            color = "tab:blue" if ok else "grey"
+            if s:
+                ax.errorbar([x], [y], xerr=[[max(x - s["p25_ms"], 0)], [max(s["p75_ms"] - x, 0)]], fmt="none",
+                            ecolor=color, elinewidth=1, capsize=3)
+            if not ok:
+                flagged.append(f"{r.get('label') or r.get('step')} ({(s.get('warning') or '').split('; ')[0]})")
+            ax.plot([x], [y], marker="o", linestyle="none", color=color, markerfacecolor=color if ok else "none")
+            name = r.get("label") or f"{r.get('index', j)}:{r.get('step')}"
+            ax.annotate(name + ("" if ok else "?"), (x, y), textcoords="offset points", xytext=(4, 4 + 9 * (j % 3)),
+                        fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel(metrics[0] if metrics else "metric")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{metrics[0] if metrics else 'metric'} vs size and latency {title}")
-    fig.tight_layout()
+    if flagged:
+        fig.text(0.01, 0.01, "hollow grey = latency not to be trusted: " + "; ".join(flagged), fontsize=7,
+                 wrap=True, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.06 if flagged else 0, 1, 1))
+    return fig
+
+
+def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "after each recipe step") -> Path:
+    """`figure(rows)` saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, title)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -121,23 +193,35 @@ def profile_table(prof: dict[str, Any]) -> Table:
     t = Table(title=f"profile: batch {prof['batch']}, seq len {prof['seq_len']}, {prof['threads']} threads, "
                     f"median of {prof['runs']} runs")
     for c in ("component", "params", "% params", "GFLOPs", "% FLOPs", "ms", "% time"):
-        t.add_column(c, justify="left" if c == "component" else "right", no_wrap=c == "component")
+        t.add_column(c, justify="left" if c == "component" else "right", overflow="fold")
     for r in prof["rows"]:
         t.add_row(r["component"], f"{r['params']:,}", f"{100 * r['params_share']:.1f}", f"{r['flops'] / 1e9:.3f}",
                   f"{100 * r['flops_share']:.1f}", f"{r['ms']:.2f}", f"{100 * r['time_share']:.1f}")
     for kind, d in prof["by_kind"].items():
         t.add_row(f"[dim]all {kind}[/dim]", "", f"{100 * d['params_share']:.1f}", "", f"{100 * d['flops_share']:.1f}",
                   "", f"{100 * d['time_share']:.1f}")
-    t.caption = (f"total {tot['params']:,} params, {tot['flops'] / 1e9:.2f} GFLOPs, {tot['ms']:.1f} ms; "
-                 f"weights {tot['weights_bytes'] / 1e6:.1f} MB + peak activations "
-                 f"{tot['peak_activation_bytes'] / 1e6:.1f} MB; {tot['size_on_disk_bytes'] / 1e6:.1f} MB on disk")
+    lat = tot.get("latency")
+    t.caption = (f"total {tot['params']:,} params, {tot['flops'] / 1e9:.2f} GFLOPs; weights "
+                 f"{tot['weights_bytes'] / 1e6:.1f} MB + peak activations {tot['peak_activation_bytes'] / 1e6:.1f} MB; "
+                 f"{tot['size_on_disk_bytes'] / 1e6:.1f} MB on disk\nwhole forward (component hooks on): "
+                 f"{latency_text(lat) if lat else format(tot['ms'], '.1f') + ' ms'}")
+    t.caption_justify = "left"
     return t
 
 
 def kv_table(d: dict[str, Any], title: str) -> Table:
+    """Key / value rows; latency summaries as median, IQR, range and any warning."""
     t = Table(title=title, show_header=False)
+    t.add_column(overflow="fold")
+    t.add_column(overflow="fold")
     for k, v in d.items():
-        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        if k.endswith("_ms") and isinstance(d.get(k[:-3]), dict):
+            continue  # the median, shown with its spread on the summary's row
+        if isinstance(v, dict) and "median_ms" in v:
+            text = latency_text(v)
+        else:
+            text = f"{v:.4f}" if isinstance(v, float) else str(v)
+        t.add_row(k, text)
     return t
 
 
@@ -151,7 +235,7 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
         rows.append({**summary["rows"][-1], "index": i + 1, "step": Path(run).name, "label": Path(run).name})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    png = plot(rows, out / "comparison.png", title="per run (final models)", connect=False)
+    png = plot(rows, out / "comparison.png", title="per run (final models)")
     md = ["# slimformer comparison", "", "Each run's final model; latency as measured after its last step "
           "(for exact ratios compare within one run: see each run's report).", "", ledger_table(rows), "",
           f"![comparison]({png.name})", ""]

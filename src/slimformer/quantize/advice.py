@@ -55,14 +55,18 @@ def choose_backend(fp32: nn.Module, candidates: Mapping[str, nn.Module], tokeniz
                    threads: int | None = None, budget_s: float = 3.0) -> tuple[str, dict[str, Any]]:
     """The fastest INT8 candidate at batch 1 (timed interleaved with fp32); report with the timings."""
     from ..bench import compare_latency
+    from ..reliability import speedup
 
     limit = getattr(getattr(fp32, "config", None), "max_position_embeddings", seq_len) or seq_len
     seq = min(seq_len, int(limit))
     lat = compare_latency({"fp32": fp32, **candidates}, tokenizer, 1, seq, threads, warmup=1, budget_s=budget_s)
     ms = {k: round(v.median_ms, 3) for k, v in lat.items()}
     best = min(candidates, key=lambda k: ms[k])
+    sp = speedup(lat["fp32"].summary(), lat[best].summary(), ("fp32", best))
     report: dict[str, Any] = {"chosen": best, "latency_ms_b1": ms, "seq_len": seq,
-                              "threads": lat["fp32"].threads, "speedup_vs_fp32": round(ms["fp32"] / ms[best], 2)}
+                              "threads": lat["fp32"].threads, "speedup_vs_fp32": round(ms["fp32"] / ms[best], 2),
+                              "speedup_band": [round(sp["speedup_lo"], 2), round(sp["speedup_hi"], 2)],
+                              "reliable": sp["reliable"], "warning": sp["warning"]}
     return best, report
 
 
@@ -72,7 +76,8 @@ def slow_warning(report: Mapping[str, Any], model: nn.Module | None = None, min_
     if sp is None or sp >= min_speedup:
         return []
     ms = report["latency_ms_b1"]
+    doubt = "" if report.get("reliable", True) else f"; timing unreliable: {report.get('warning')}"
     return [f"measured on this machine at batch 1, seq {report['seq_len']}, {report['threads']} threads: INT8 "
-            f"({report['chosen']}) {ms[report['chosen']]:.2f} ms vs FP32 {ms['fp32']:.2f} ms ({sp:.2f}x)",
+            f"({report['chosen']}) {ms[report['chosen']]:.2f} ms vs FP32 {ms['fp32']:.2f} ms ({sp:.2f}x{doubt})",
             *int8_advice(model)]
 
