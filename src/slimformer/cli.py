@@ -1,29 +1,41 @@
-"""The `slimformer` command line: thin wrappers that parse, call the library and print with rich."""
+"""The `slimformer` command line: thin wrappers that parse, check the output path, call the library and
+print with rich. Nothing heavy is imported at module level (torch and transformers load inside a command),
+so `slimformer --help` is fast. Exit codes and the one-line error format: entry.py."""
 from __future__ import annotations
 
 import json
 import os
-import sys
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from .errors import SlimformerError
+from .outputs import check_output, check_work_dir, read_marker, write_errors, write_marker
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make Transformer NLP models small and fast, and measure what each choice costs.")
+                  help="Make Transformer NLP models small and fast, and measure what each choice costs. "
+                       "Exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted.")
 
 MODEL_HELP = "local model directory, a Hugging Face hub id, or 'minilm' (the packaged all-MiniLM-L6-v2)"
 TASK_HELP = "sst2, cola, mrpc, or classification (generic CSV/TSV/JSONL/datasets; see --text-col)"
+THREADS_HELP = "torch threads for the whole run (default: torch's)"
+OVERWRITE_HELP = ("replace an existing output that is not an earlier slimformer output (never one that is, "
+                  "holds or lies inside an input)")
 
 
-def _quiet_libraries() -> None:
+def _setup(threads: Optional[int] = None) -> None:
+    """Quiet the libraries and fix torch's thread count (imports torch: call it inside commands only)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
+    if os.environ.get("SLIMFORMER_QUIET"):
+        transformers.logging.disable_progress_bar()
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _task(task: str, data: str, text_col: Optional[str] = None, pair_col: Optional[str] = None,
@@ -33,11 +45,23 @@ def _task(task: str, data: str, text_col: Optional[str] = None, pair_col: Option
     return tasks.load(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col)
 
 
+def _check_json(path: Optional[Path], inputs: list[Any]) -> None:
+    """--json may replace an earlier result file, never a directory, a link or an input."""
+    if path is not None:
+        check_output(path, inputs, kind="file", flag="--json", replaceable=True)
+
+
 def _out(obj: Any, path: Optional[Path]) -> None:
     if path is not None:
         from .fsutil import write_json
 
         write_json(path, obj)
+
+
+def _work_dir(out: Path, suffix: str) -> Path:
+    """The hidden sibling `.{out}.{suffix}` where a resumable run keeps its checkpoints."""
+    out = Path(os.path.abspath(out))
+    return out.parent / f".{out.name}.{suffix}"
 
 
 @app.command()
@@ -48,6 +72,8 @@ def profile(model: str = typer.Argument(..., help=MODEL_HELP),
             runs: int = typer.Option(10, min=1, help="timed forward passes (median reported)"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the profile as JSON")) -> None:
     """Parameters, FLOPs, measured latency and memory per component (embeddings, attention, FFN, ...)."""
+    _check_json(json_out, [model])
+    _setup(threads)
     from . import models
     from .profile import profile_model
     from .progress import console
@@ -62,14 +88,21 @@ def profile(model: str = typer.Argument(..., help=MODEL_HELP),
 @app.command()
 def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
              task: str = typer.Option(..., help=TASK_HELP), data: str = typer.Option(..., help="data path"),
-             out: Path = typer.Option(..., help="output directory"),
+             out: Path = typer.Option(..., help="output directory (new, empty, or an earlier slimformer output)"),
              epochs: float = typer.Option(3.0), lr: float = typer.Option(5e-5), batch_size: int = typer.Option(32),
              max_len: int = typer.Option(128), seed: int = typer.Option(42),
              max_train_examples: Optional[int] = typer.Option(None, help="train on a random subset"),
-             resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT"),
+             resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint of an "
+                                         "interrupted run (kept in .OUT.train/ until the run succeeds)"),
+             threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP),
+             overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
              text_col: Optional[str] = None, pair_col: Optional[str] = None, label_col: Optional[str] = None
              ) -> None:
     """Fine-tune a classifier on the HF Trainer (works under torchrun / accelerate launch)."""
+    check_output(out, [model, data], overwrite)
+    work = _work_dir(out, "train")
+    check_work_dir(work, [model, data])
+    _setup(threads)
     from . import models
     from .evaluate import evaluate_task
     from .fsutil import write_json
@@ -79,15 +112,15 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
     td = _task(task, data, text_col, pair_col, label_col)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed,
                       max_train_examples=max_train_examples)
-    if Path(model).exists() and Path(model).resolve() == out.resolve():
-        raise SlimformerError("--out must differ from the input model directory")
     m, tok = models.load(model, num_labels=len(td.labels))
-    work = out.parent / f".{out.name}.train"
-    m, stats = run_finetune(m, tok, td, cfg, work, resume=resume)
+    with write_errors(out, cleanup=[work]):
+        m, stats = run_finetune(m, tok, td, cfg, work, resume=resume)
+        if is_main_process():
+            metrics = evaluate_task(m, tok, td, td.eval_split(), max_len)
+            models.save(m, tok, out)
+            write_json(out / "train_stats.json", {"config": cfg.model_dump(), "stats": stats, "eval": metrics})
     if is_main_process():
-        metrics = evaluate_task(m, tok, td, td.eval_split(), max_len)
-        models.save(m, tok, out)
-        write_json(out / "train_stats.json", {"config": cfg.model_dump(), "stats": stats, "eval": metrics})
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoints only serve --resume of a failed run
         console.print(f"[green]saved {out}[/green]  {td.eval_split()}: {json.dumps(metrics)}  "
                       f"({stats['train_samples_per_second']:.1f} examples/s)")
 
@@ -101,6 +134,8 @@ def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = type
              text_col: Optional[str] = None, pair_col: Optional[str] = None, label_col: Optional[str] = None
              ) -> None:
     """Task metric(s), parameters, size on disk, latency at batch 1 and 32."""
+    _check_json(json_out, [model, data])
+    _setup(threads)
     from . import models
     from .evaluate import evaluate_task, footprint
     from .progress import console
@@ -117,63 +152,78 @@ def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = type
 @app.command()
 def compress(model: str = typer.Argument(..., help=MODEL_HELP),
              recipe: Path = typer.Option(..., help="recipe YAML (see `slimformer steps`)"),
-             out: Path = typer.Option(..., help="output directory (model, ledger.jsonl, summary.json)"),
+             out: Path = typer.Option(..., help="output directory (model, ledger.jsonl, summary.json): new, "
+                                      "empty, or an earlier slimformer output"),
              task: Optional[str] = typer.Option(None, help=TASK_HELP + " (overrides the recipe)"),
              data: Optional[str] = typer.Option(None, help="data path (overrides the recipe)"),
              restart: bool = typer.Option(False, "--restart", help="ignore finished steps of an interrupted run"),
+             threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP),
+             overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
              ) -> None:
     """Run a recipe; evaluate and record after every step; resume an interrupted run by re-running it."""
+    inputs = [model, data, recipe]
+    check_output(out, inputs, overwrite)
+    work = _work_dir(Path(os.path.realpath(out)), "work")
+    check_work_dir(work, inputs)
+    _setup(threads)
     from .progress import console
     from .recipe import run_recipe_file
     from .report import comparison_line
 
-    result = run_recipe_file(model, recipe, out, task, data, restart)
+    with write_errors(out, cleanup=[work]):
+        result = run_recipe_file(model, recipe, out, task, data, restart)
     console.print(comparison_line(result.comparison))
     console.print(f"[green]saved {out}[/green] (reload with slimformer.load('{out}'))")
 
 
 @app.command()
-def export(model: str = typer.Argument(..., help=MODEL_HELP),
-           onnx: Path = typer.Option(..., help="output .onnx file"),
+def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of finetune or compress"),
+           onnx: Path = typer.Option(..., help="output .onnx file (the tokenizer goes to <stem>-tokenizer/)"),
            atol: float = typer.Option(1e-4, help="max allowed |ONNX - PyTorch| on a probe batch"),
            optimize: bool = typer.Option(False, "--optimize", help="fuse the graph with ONNX Runtime's transformer "
                                          "optimizer (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), "
-                                         "checked against PyTorch")) -> None:
-    """Export to ONNX (dynamic batch and length) and check the outputs in ONNX Runtime."""
+                                         "checked against PyTorch"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file (an earlier "
+                                          "export to the same path is replaced without it)")) -> None:
+    """Export any slimformer model to one ONNX file (dynamic batch and length) checked in ONNX Runtime;
+    a model quantized through ONNX Runtime is written as its stored INT8 graph."""
+    from .deploy import check_export_paths, export_onnx
+
+    check_export_paths(onnx, [model], overwrite)
+    _setup()
     from . import models
-    from .errors import SlimformerError
-    from .export import to_onnx
     from .progress import console
 
     m, tok = models.load(model)
-    res = to_onnx(m, tok, onnx, atol=atol, fusable=optimize)
-    if optimize:
-        from .quantize.ort_fusion import fuse
-
-        try:
-            fused = fuse(onnx, m, tok)
-            console.print(f"fused: {fused['fused']} (max |fused - PyTorch| = {fused['max_abs_diff']:.1e})")
-        except SlimformerError as e:
-            console.print(f"[yellow]not fused ({e}); the exported graph is unfused[/yellow]")
-    tok.save_pretrained(onnx.parent / f"{onnx.stem}-tokenizer")
-    console.print(f"[green]wrote {onnx}[/green] ({onnx.stat().st_size / 1e6:.1f} MB), "
-                  f"max |ONNX - PyTorch| = {res['max_abs_diff']:.2e}")
+    info = export_onnx(m, tok, onnx, atol=atol, optimize=optimize)
+    for note in info["notes"]:
+        console.print(f"[yellow]{note}[/yellow]")
+    console.print(f"[green]wrote {onnx}[/green] ({info['bytes'] / 1e6:.1f} MB, {info['kind']}), "
+                  f"max |ONNX - PyTorch| = {info['max_abs_diff']:.2e}")
 
 
 @app.command()
 def report(runs: list[Path] = typer.Argument(..., help="output directories of `slimformer compress`"),
-           out: Optional[Path] = typer.Option(None, help="with several runs: where comparison.md/png go")) -> None:
+           out: Optional[Path] = typer.Option(None, help="with several runs: where comparison.md/png go"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="allow --out to be a non-empty folder that "
+                                          "is not a slimformer output")) -> None:
     """Write report.md + report.png (metric vs size and latency per step) into each RUN; with several runs,
     also a comparison of their final models (comparison.md + comparison.png in --out, default the first RUN)."""
     from .progress import console
     from .report import compare_runs, load_summary, print_ledger, write_report
 
-    for run in runs:
-        summary = load_summary(run)
+    new_out = out is not None and not out.exists()
+    if out is not None:
+        check_output(out, [], overwrite, kind="container")
+    summaries = [load_summary(run) for run in runs]  # every run checked before anything is written
+    for run, summary in zip(runs, summaries):
         print_ledger(summary["rows"], summary.get("comparison"))
         console.print(f"[green]wrote {write_report(run)}[/green]")
     if len(runs) > 1:
-        console.print(f"[green]wrote {compare_runs(runs, out or runs[0])}[/green]")
+        target = out or runs[0]
+        console.print(f"[green]wrote {compare_runs(runs, target)}[/green]")
+        if new_out:
+            write_marker(target, "comparison")
 
 
 @app.command()
@@ -192,35 +242,33 @@ def steps() -> None:
 
 @app.command()
 def demo(data_root: Path = typer.Option(Path("../shared/data"), help="folder holding sst2/"),
-         out: Path = typer.Option(Path("runs/demo"), help="where the teacher, student and report go"),
+         out: Path = typer.Option(Path("runs/demo"), help="where the teacher, student and report go (new, empty, "
+                                  "or an earlier demo folder)"),
          quick: bool = typer.Option(False, "--quick", help="smoke run: small subsets, minutes not tens of minutes"),
-         recipe: Path = typer.Option(Path("recipes/demo.yaml"), help="the example recipe to run")) -> None:
+         recipe: Path = typer.Option(Path("recipes/demo.yaml"), help="the example recipe to run"),
+         threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP),
+         overwrite: bool = typer.Option(False, "--overwrite", help="allow OUT to be a non-empty folder that is "
+                                        "not an earlier demo folder")) -> None:
     """The main job: fine-tune MiniLM on SST-2, evaluate, profile, compress with a recipe, report."""
+    inputs = [data_root, recipe]
+    check_output(out, inputs, overwrite, kind="container")
+    teacher, student = (out / "teacher-quick", out / "student-quick") if quick else (out / "teacher", out / "student")
+    for sub in ([student] if (teacher / "model.safetensors").exists() else [teacher, student]):
+        check_output(sub, inputs, overwrite)  # the folders the demo replaces: refused now, not after training
+    if not out.exists() or (not os.listdir(out) and read_marker(out) is None):
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "demo")  # lists no files: the folder as a whole is never replaced without --overwrite
+    _setup(threads)
     from .demo import run_demo
 
     run_demo(data_root, out, recipe, quick)
 
 
 def main() -> None:
-    """Entry point: user errors become one red line and exit code 1."""
-    _quiet_libraries()
-    from pydantic import ValidationError
+    """Entry point: user errors become one red `error:` line; exit codes 1 (error), 2 (usage), 130 (Ctrl-C)."""
+    from .entry import run
 
-    try:
-        app()
-    except SlimformerError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(1)
-    except ValidationError as e:
-        err = e.errors()[0]
-        typer.secho(f"error: {'.'.join(map(str, err['loc']))}: {err['msg']}", fg="red", err=True)
-        sys.exit(1)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.secho("interrupted (re-run the same command to resume)", fg="yellow", err=True)
-        sys.exit(130)
+    run(app)
 
 
 if __name__ == "__main__":

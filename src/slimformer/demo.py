@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from . import models, tasks
@@ -50,6 +51,7 @@ def run_demo(data_root: Path, out: Path, recipe_path: Path, quick: bool = False)
         model, stats = finetune(model, tok, task, cfg, out / ".teacher-train", resume=True)
         models.save(model, tok, teacher_dir)
         write_json(teacher_dir / "train_stats.json", {"config": cfg.model_dump(), "stats": stats})
+        shutil.rmtree(out / ".teacher-train", ignore_errors=True)  # checkpoints only serve an interrupted run
 
     console.rule("[bold]2. evaluate on the SST-2 dev split")
     max_eval = QUICK_EVAL if quick else None
