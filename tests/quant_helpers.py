@@ -10,6 +10,7 @@ import torch
 
 from slimformer.tasks.base import Example, TaskData
 
+SRC = str(Path(__file__).resolve().parents[1] / "src")  # the fresh process loads the source under test
 WORDS = "a fine film well acted dull and far too long to sit through ok great bad plot music actors story".split()
 
 
@@ -46,5 +47,6 @@ def fresh_logits(path: str | Path, texts: list[str]) -> torch.Tensor:
     """Logits of the model saved at path, loaded in a fresh Python process."""
     out = subprocess.run([sys.executable, "-c", RELOAD, str(path), json.dumps(texts)], capture_output=True,
                          text=True, check=True, env={"SLIMFORMER_QUIET": "1", "HF_HUB_OFFLINE": "1",
-                                                     "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                                                     "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                                                     "PYTHONPATH": SRC})
     return torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
