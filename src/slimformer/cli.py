@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from .outputs import check_output, check_work_dir, read_marker, write_errors, write_marker
+from .outputs import check_output, check_work_dir, write_errors, write_marker
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make Transformer NLP models small and fast, and measure what each choice costs. "
@@ -255,9 +255,6 @@ def demo(data_root: Path = typer.Option(Path("../shared/data"), help="folder hol
     teacher, student = (out / "teacher-quick", out / "student-quick") if quick else (out / "teacher", out / "student")
     for sub in ([student] if (teacher / "model.safetensors").exists() else [teacher, student]):
         check_output(sub, inputs, overwrite)  # the folders the demo replaces: refused now, not after training
-    if not out.exists() or (not os.listdir(out) and read_marker(out) is None):
-        out.mkdir(parents=True, exist_ok=True)
-        write_marker(out, "demo")  # lists no files: the folder as a whole is never replaced without --overwrite
     _setup(threads)
     from .demo import run_demo
 

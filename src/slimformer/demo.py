@@ -9,6 +9,7 @@ from . import models, tasks
 from .errors import check
 from .evaluate import evaluate_task
 from .fsutil import write_json
+from .outputs import mark_folder
 from .profile import profile_model
 from .progress import console
 from .recipe import compress, read_recipe
@@ -37,6 +38,7 @@ def run_demo(data_root: Path, out: Path, recipe_path: Path, quick: bool = False)
     sst2 = data_root / "sst2"
     check(sst2.is_dir(), f"SST-2 not found at {sst2}: pass --data-root (the folder holding sst2/)")
     task = tasks.load("sst2", sst2)
+    mark_folder(out, "demo")
     recipe = read_recipe(recipe_path)
     teacher_dir = out / ("teacher-quick" if quick else "teacher")
     cfg = TrainConfig(epochs=1 if quick else 3, lr=1e-4 if quick else 5e-5, batch_size=32, max_len=128, seed=42,

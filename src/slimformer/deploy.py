@@ -6,7 +6,7 @@ Three kinds of model, one file each:
   after checking that ONNX Runtime loads it and gives the model's logits;
 - with torch INT8 kernels (fbgemm `QLinear`, dynamic or static): those kernels have no ONNX form, so the
   layers are exported with their INT8 weights dequantized and quantized again by ONNX Runtime (dynamic,
-  per channel), checked against the model's FP32 weights within the quantization tolerance;
+  per channel), checked against the model's FP32 weights (within 10%, or twice the torch INT8 model's own error);
 - everything else (FP32, pruned, factorized, shared, weight-only 8/4-bit): the torch exporter, checked
   within `atol` (`optimize`: the fusable export, then ORT's transformer fusions when they match).
 
@@ -27,7 +27,7 @@ from typing import Any
 from .errors import SlimformerError, one_line
 from .outputs import check_output, read_marker, write_errors
 
-QUANT_TOLERANCE = 0.1  # |ORT INT8 - FP32| / |FP32| logits on the probe batch (as the quantization tests ask)
+QUANT_TOLERANCE = 0.1  # |ORT INT8 - FP32| / |FP32| logits on the probe batch (or twice torch INT8's own error)
 
 
 def tokenizer_dir(onnx: str | os.PathLike) -> Path:
@@ -61,7 +61,7 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
                 optimize: bool = False) -> dict[str, Any]:
     """Write `onnx` (+ its tokenizer folder) for any slimformer model; returns what was done:
     {"kind", "max_abs_diff", "notes", "bytes"}. Raises SlimformerError with one line on any failure."""
-    from .fsutil import atomic_dir
+    from .fsutil import _umask, atomic_dir
 
     onnx = Path(onnx)
     with write_errors(onnx):
@@ -82,12 +82,6 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
             os.replace(tmp, onnx)
     info["bytes"] = onnx.stat().st_size
     return info
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_graph(model: Any, tokenizer: Any, path: Path, atol: float, optimize: bool) -> dict[str, Any]:
@@ -173,13 +167,14 @@ def _requantized(model: Any, tokenizer: Any, path: Path, names: list[str], optim
     ort = quantize_onnx(float_copy, tokenizer, names, mode="dynamic", embeddings=False, optimize=optimize)
     path.write_bytes(ort.ort.onnx_bytes.numpy().tobytes())
     got = OnnxModel(path)(probe)
-    rel, own = _rel(got, ref), _rel(got, dequantized)
-    if own > QUANT_TOLERANCE:
+    rel, own, torch_own = _rel(got, ref), _rel(got, dequantized), _rel(ref, dequantized)
+    tolerance = max(QUANT_TOLERANCE, 2 * torch_own)  # no worse than twice torch's own INT8 error
+    if own > tolerance:
         raise SlimformerError(f"the ONNX Runtime INT8 graph differs from the model's FP32 weights by {own:.1%} "
-                              f"(> {QUANT_TOLERANCE:.0%}); quantize with backend: onnxruntime to export it exactly")
+                              f"(> {tolerance:.1%}); quantize with backend: onnxruntime to export it exactly")
     notes = [f"torch INT8 kernels have no ONNX form: {len(names)} layers re-quantized by ONNX Runtime (dynamic "
-             f"INT8, per-channel weights); relative difference to the torch INT8 model {rel:.1%}, to its FP32 "
-             f"weights {own:.1%}"]
+             f"INT8, per-channel weights); relative difference to the torch INT8 model {rel:.1%}, to the FP32 "
+             f"weights {own:.1%} (torch INT8: {torch_own:.1%})"]
     if static:
         notes.append("static INT8 activations are quantized dynamically in ONNX Runtime")
     fusion = ort.config.slimformer.get("onnxruntime", {}).get("fusion")

@@ -57,6 +57,15 @@ def write_marker(path: str | os.PathLike, kind: str, **meta: Any) -> None:
     Path(path, MARKER).write_text(json.dumps(data, indent=1) + "\n")
 
 
+def mark_folder(path: str | os.PathLike, kind: str) -> None:
+    """Create the folder slimformer fills with several outputs (the demo's) and mark it when it is new or
+    empty; its marker lists no files, so the folder as a whole is never replaced without --overwrite."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    if not os.listdir(p):
+        write_marker(p, kind)
+
+
 def replace_refusal(path: str | os.PathLike) -> str | None:
     """Why the existing directory `path` must not be replaced without --overwrite (None: it may be)."""
     p = Path(path)
