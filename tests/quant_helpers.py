@@ -11,6 +11,7 @@ import torch
 import slimformer
 from slimformer.tasks import Example, TaskData
 
+SRC = str(Path(__file__).resolve().parents[1] / "src")  # the fresh process loads the source under test
 WORDS = "a fine film well acted dull and far too long to sit through ok great bad plot music actors story".split()
 
 
@@ -50,5 +51,5 @@ def fresh_logits(path: str | Path, texts: list[str]) -> torch.Tensor:
     out = subprocess.run([sys.executable, "-c", RELOAD, str(path), json.dumps(texts)], capture_output=True,
                          text=True, check=True, env={"SLIMFORMER_QUIET": "1", "HF_HUB_OFFLINE": "1",
                                                      "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-                                                     "PYTHONPATH": src})
+                                                     "PYTHONPATH": SRC})
     return torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))

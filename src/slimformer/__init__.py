@@ -1,27 +1,44 @@
-"""slimformer: make Transformer NLP models small and fast, and say honestly what each choice costs."""
+"""slimformer: make Transformer NLP models small and fast, and say honestly what each choice costs.
+
+The public names are imported on first use (PEP 562), so `import slimformer` and `slimformer --help` stay
+fast: torch and transformers load only when a model, a step or a task is touched.
+"""
 from __future__ import annotations
 
-from . import tasks
-from .distill import Distill, DistillGeneral, MakeStudent, distill, distill_general, make_student
+import importlib
+from typing import Any
+
 from .errors import SlimformerError
-from .models import load, save
-from .prune.layers import DropLayers
-from .quantize import QuantizeDynamic, QuantizeMixed, QuantizeQAT, QuantizeStatic, QuantizeWeights
-from .train_steps import Finetune
 
 __version__ = "0.1.0"
-__all__ = ["tasks", "load", "save", "SlimformerError", "DropLayers", "Finetune", "__version__",
-           "Distill", "DistillGeneral", "MakeStudent", "distill", "distill_general", "make_student",
-           "QuantizeDynamic", "QuantizeStatic", "QuantizeQAT", "QuantizeWeights", "QuantizeMixed"]
 
-from .prune.ffn import PruneFFN, prune_ffn  # noqa: E402
-from .prune.heads import PruneHeads, prune_heads  # noqa: E402
-from .prune.unstructured import PruneUnstructured, prune_unstructured, sparse_size  # noqa: E402
+_LAZY = {
+    "tasks": (".tasks", None),
+    "load": (".models", "load"), "save": (".models", "save"),
+    "DropLayers": (".prune.layers", "DropLayers"),
+    "Finetune": (".train_steps", "Finetune"),
+    **{n: (".distill", n) for n in ("Distill", "DistillGeneral", "MakeStudent", "distill", "distill_general",
+                                    "make_student")},
+    **{n: (".quantize", n) for n in ("QuantizeDynamic", "QuantizeStatic", "QuantizeQAT", "QuantizeWeights",
+                                     "QuantizeMixed")},
+    "PruneHeads": (".prune.heads", "PruneHeads"), "prune_heads": (".prune.heads", "prune_heads"),
+    "PruneFFN": (".prune.ffn", "PruneFFN"), "prune_ffn": (".prune.ffn", "prune_ffn"),
+    **{n: (".prune.unstructured", n) for n in ("PruneUnstructured", "prune_unstructured", "sparse_size")},
+    "Factorize": (".factorize", "Factorize"), "FactorizeEmbeddings": (".factorize", "FactorizeEmbeddings"),
+    "ShareLayers": (".share", "ShareLayers"), "to_albert": (".share", "to_albert"),
+}
+__all__ = ["SlimformerError", "__version__", *_LAZY]
 
-__all__ += ["PruneHeads", "PruneFFN", "prune_heads", "prune_ffn", "PruneUnstructured", "prune_unstructured",
-            "sparse_size"]
 
-from .factorize import Factorize, FactorizeEmbeddings  # noqa: E402
-from .share import ShareLayers, to_albert  # noqa: E402
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'slimformer' has no attribute '{name}'")
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(module, __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
 
-__all__ += ["Factorize", "FactorizeEmbeddings", "ShareLayers", "to_albert"]
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,18 +1,21 @@
-"""The `slimformer` command line: thin wrappers that parse, call the library and print with rich."""
+"""The `slimformer` command line: thin wrappers that parse, check the output path, call the library and
+print with rich. Nothing heavy is imported at module level (torch and transformers load inside a command),
+so `slimformer --help` is fast. Exit codes and the one-line error format: entry.py."""
 from __future__ import annotations
 
 import json
 import os
-import sys
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from .errors import SlimformerError
+from .outputs import check_output, check_work_dir, write_errors, write_marker
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make Transformer NLP models small and fast, and measure what each choice costs.")
+                  help="Make Transformer NLP models small and fast, and measure what each choice costs. "
+                       "Exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted.")
 
 MODEL_HELP = "local model directory, a Hugging Face hub id, or 'minilm' (the packaged all-MiniLM-L6-v2)"
 TASK_HELP = ("sst2, cola, mrpc, classification (CSV/TSV/JSONL/datasets; see --text-col); stsb, similarity; "
@@ -27,14 +30,22 @@ BEAMS = typer.Option(None, help="translation: beam size for evaluation (default 
 CONTEXT = typer.Option(None, help="language modelling: perplexity window in tokens (default 1024)")
 STRIDE = typer.Option(None, help="language modelling: window stride (default 512)")
 MAX_EVAL_TOKENS = typer.Option(None, help="language modelling: score only the first N tokens (quick runs)")
+THREADS_HELP = "torch threads for the whole run (default: the cores this process may use)"
+OVERWRITE_HELP = ("replace an existing output that is not an earlier slimformer output (never one that is, "
+                  "holds or lies inside an input)")
 
 
-def _quiet_libraries() -> None:
+def _setup(threads: Optional[int] = None) -> None:
+    """Quiet the libraries and fix torch's thread count (imports torch: call it inside commands only)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # weight-loading bars; training keeps its own
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _task(task: str, data: str, **options: Any) -> Any:
@@ -44,11 +55,23 @@ def _task(task: str, data: str, **options: Any) -> Any:
     return tasks.load(task, data, **options)
 
 
+def _check_json(path: Optional[Path], inputs: list[Any]) -> None:
+    """--json may replace an earlier result file, never a directory, a link or an input."""
+    if path is not None:
+        check_output(path, inputs, kind="file", flag="--json", replaceable=True)
+
+
 def _out(obj: Any, path: Optional[Path]) -> None:
     if path is not None:
         from .fsutil import write_json
 
         write_json(path, obj)
+
+
+def _work_dir(out: Path, suffix: str) -> Path:
+    """The hidden sibling `.{out}.{suffix}` where a resumable run keeps its checkpoints."""
+    out = Path(os.path.abspath(out))
+    return out.parent / f".{out.name}.{suffix}"
 
 
 @app.command()
@@ -63,6 +86,8 @@ def profile(model: str = typer.Argument(..., help=MODEL_HELP),
     """Parameters, FLOPs, measured latency and memory per component (embeddings, attention, cross-attention,
     FFN, head); for generative models also prefill (or encoder) time, per-token decode time with the KV cache,
     tokens/s and KV-cache memory."""
+    _check_json(json_out, [model])
+    _setup(threads)
     from . import models
     from .profile import profile_model
     from .progress import show
@@ -82,11 +107,14 @@ def profile(model: str = typer.Argument(..., help=MODEL_HELP),
 @app.command()
 def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
              task: str = typer.Option(..., help=TASK_HELP), data: str = typer.Option(..., help="data path"),
-             out: Path = typer.Option(..., help="output directory"),
+             out: Path = typer.Option(..., help="output directory (new, empty, or an earlier slimformer output)"),
              epochs: float = typer.Option(3.0), lr: float = typer.Option(5e-5), batch_size: int = typer.Option(32),
              max_len: int = typer.Option(128), seed: int = typer.Option(42),
              max_train_examples: Optional[int] = typer.Option(None, help="train on a random subset"),
-             resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT"),
+             resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint of an "
+                                         "interrupted run (kept in .OUT.train/ until the run succeeds)"),
+             threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP),
+             overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
              from_config: Optional[str] = typer.Option(None, "--from-config", help="translation: train a new "
                                                        "model of this size (marian-tiny, marian-small, or "
                                                        "layers=3,d_model=256,ffn=1024,heads=4,vocab=8000) with a "
@@ -97,6 +125,10 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
              stride: Optional[int] = STRIDE, max_eval_tokens: Optional[int] = MAX_EVAL_TOKENS) -> None:
     """Fine-tune (or, with --from-config, train) a model for the task on the HF Trainer (works under torchrun /
     accelerate launch); the head comes from the task."""
+    check_output(out, [model, data], overwrite)
+    work = _work_dir(out, "train")
+    check_work_dir(work, [model, data])
+    _setup(threads)
     from . import models
     from .evaluate import evaluate_task
     from .fsutil import write_json
@@ -107,8 +139,6 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
                beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed,
                       max_train_examples=max_train_examples)
-    if Path(model).exists() and Path(model).resolve() == out.resolve():
-        raise SlimformerError("--out must differ from the input model directory")
     set_seed(seed)  # a newly created head starts from the same weights for the same seed
     if from_config:
         from .models.scratch import translation_model
@@ -116,13 +146,15 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
         m, tok = translation_model(td, from_config, seed)
     else:
         m, tok = models.load(model, task=td)
-    work = out.parent / f".{out.name}.train"
-    m, stats = run_finetune(m, tok, td, cfg, work, resume=resume)
+    with write_errors(out, cleanup=[work]):
+        m, stats = run_finetune(m, tok, td, cfg, work, resume=resume)
+        if is_main_process():
+            metrics = evaluate_task(m, tok, td, None, max_len)
+            models.save(m, tok, out)
+            write_json(out / "train_stats.json", {"config": cfg.model_dump(), "stats": stats, "eval": metrics})
     if is_main_process():
-        metrics = evaluate_task(m, tok, td, None, max_len)
-        models.save(m, tok, out)
-        write_json(out / "train_stats.json", {"config": cfg.model_dump(), "stats": stats, "eval": metrics})
-        console.print(f"[green]saved {out}[/green]  {td.eval_split()}: {json.dumps(metrics)}  "
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoints only serve --resume of a failed run
+        console.print(f"[green]saved {out}[/green]  {td.eval_split(td.default_split)}: {json.dumps(metrics)}  "
                       f"({stats['train_samples_per_second']:.1f} examples/s)")
 
 
@@ -139,6 +171,8 @@ def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = type
              tgt: Optional[str] = TGT, beams: Optional[int] = BEAMS, context: Optional[int] = CONTEXT,
              stride: Optional[int] = STRIDE, max_eval_tokens: Optional[int] = MAX_EVAL_TOKENS) -> None:
     """Task metric(s), parameters, size on disk, latency at batch 1 and 32 (median, spread, reliability)."""
+    _check_json(json_out, [model, data])
+    _setup(threads)
     from . import models
     from .evaluate import evaluate_task, footprint
     from .progress import show
@@ -159,69 +193,84 @@ def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = type
 @app.command()
 def compress(model: str = typer.Argument(..., help=MODEL_HELP),
              recipe: Path = typer.Option(..., help="recipe YAML (see `slimformer steps`)"),
-             out: Path = typer.Option(..., help="output directory (model, ledger.jsonl, summary.json)"),
+             out: Path = typer.Option(..., help="output directory (model, ledger.jsonl, summary.json): new, "
+                                      "empty, or an earlier slimformer output"),
              task: Optional[str] = typer.Option(None, help=TASK_HELP + " (overrides the recipe)"),
              data: Optional[str] = typer.Option(None, help="data path (overrides the recipe)"),
              restart: bool = typer.Option(False, "--restart", help="ignore finished steps of an interrupted run"),
              text_col: Optional[str] = TEXT_COL, pair_col: Optional[str] = PAIR_COL,
              label_col: Optional[str] = LABEL_COL, mode: Optional[str] = MODE, src: Optional[str] = SRC,
              tgt: Optional[str] = TGT, beams: Optional[int] = BEAMS, context: Optional[int] = CONTEXT,
-             stride: Optional[int] = STRIDE, max_eval_tokens: Optional[int] = MAX_EVAL_TOKENS) -> None:
+             stride: Optional[int] = STRIDE, max_eval_tokens: Optional[int] = MAX_EVAL_TOKENS,
+             threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP),
+             overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)) -> None:
     """Run a recipe; evaluate and record after every step; resume an interrupted run by re-running it."""
+    inputs = [model, data, recipe]
+    check_output(out, inputs, overwrite)
+    work = _work_dir(Path(os.path.realpath(out)), "work")
+    check_work_dir(work, inputs)
+    _setup(threads)
     from .progress import console
     from .recipe import run_recipe_file
     from .report import comparison_line
 
     options = dict(text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
                    beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
-    result = run_recipe_file(model, recipe, out, task, data, restart,
-                             {k: v for k, v in options.items() if v is not None})
+    with write_errors(out, cleanup=[work]):
+        result = run_recipe_file(model, recipe, out, task, data, restart,
+                                 {k: v for k, v in options.items() if v is not None})
     console.print(comparison_line(result.comparison))
     console.print(f"[green]saved {out}[/green] (reload with slimformer.load('{out}'))")
 
 
 @app.command()
-def export(model: str = typer.Argument(..., help=MODEL_HELP),
-           onnx: Path = typer.Option(..., help="output .onnx file"),
+def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of finetune or compress"),
+           onnx: Path = typer.Option(..., help="output .onnx file (the tokenizer goes to <stem>-tokenizer/)"),
            atol: float = typer.Option(1e-4, help="max allowed |ONNX - PyTorch| on a probe batch"),
            optimize: bool = typer.Option(False, "--optimize", help="fuse the graph with ONNX Runtime's transformer "
                                          "optimizer (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), "
-                                         "checked against PyTorch")) -> None:
-    """Export to ONNX (dynamic batch and length) and check the outputs in ONNX Runtime."""
+                                         "checked against PyTorch"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file (an earlier "
+                                          "export to the same path is replaced without it)")) -> None:
+    """Export any slimformer model to one ONNX file (dynamic batch and length) checked in ONNX Runtime;
+    a model quantized through ONNX Runtime is written as its stored INT8 graph."""
+    from .deploy import check_export_paths, export_onnx
+
+    check_export_paths(onnx, [model], overwrite)
+    _setup()
     from . import models
-    from .errors import SlimformerError
-    from .export import to_onnx
     from .progress import console
 
     m, tok = models.load(model)
-    res = to_onnx(m, tok, onnx, atol=atol, fusable=optimize)
-    if optimize:
-        from .quantize.ort_fusion import fuse
-
-        try:
-            fused = fuse(onnx, m, tok)
-            console.print(f"fused: {fused['fused']} (max |fused - PyTorch| = {fused['max_abs_diff']:.1e})")
-        except SlimformerError as e:
-            console.print(f"[yellow]not fused ({e}); the exported graph is unfused[/yellow]")
-    tok.save_pretrained(onnx.parent / f"{onnx.stem}-tokenizer")
-    console.print(f"[green]wrote {onnx}[/green] ({onnx.stat().st_size / 1e6:.1f} MB), "
-                  f"max |ONNX - PyTorch| = {res['max_abs_diff']:.2e}")
+    info = export_onnx(m, tok, onnx, atol=atol, optimize=optimize)
+    for note in info["notes"]:
+        console.print(f"[yellow]{note}[/yellow]")
+    console.print(f"[green]wrote {onnx}[/green] ({info['bytes'] / 1e6:.1f} MB, {info['kind']}), "
+                  f"max |ONNX - PyTorch| = {info['max_abs_diff']:.2e}")
 
 
 @app.command()
 def report(runs: list[Path] = typer.Argument(..., help="output directories of `slimformer compress`"),
-           out: Optional[Path] = typer.Option(None, help="with several runs: where comparison.md/png go")) -> None:
+           out: Optional[Path] = typer.Option(None, help="with several runs: where comparison.md/png go"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="allow --out to be a non-empty folder that "
+                                          "is not a slimformer output")) -> None:
     """Write report.md + report.png (metric vs size and latency per step) into each RUN; with several runs,
     also a comparison of their final models (comparison.md + comparison.png in --out, default the first RUN)."""
     from .progress import console
     from .report import compare_runs, load_summary, print_ledger, write_report
 
-    for run in runs:
-        summary = load_summary(run)
+    new_out = out is not None and not out.exists()
+    if out is not None:
+        check_output(out, [], overwrite, kind="container")
+    summaries = [load_summary(run) for run in runs]  # every run checked before anything is written
+    for run, summary in zip(runs, summaries):
         print_ledger(summary["rows"], summary.get("comparison"))
         console.print(f"[green]wrote {write_report(run)}[/green]")
     if len(runs) > 1:
-        console.print(f"[green]wrote {compare_runs(runs, out or runs[0])}[/green]")
+        target = out or runs[0]
+        console.print(f"[green]wrote {compare_runs(runs, target)}[/green]")
+        if new_out:
+            write_marker(target, "comparison")
 
 
 @app.command()
@@ -240,35 +289,30 @@ def steps() -> None:
 
 @app.command()
 def demo(data_root: Path = typer.Option(Path("../shared/data"), help="folder holding sst2/"),
-         out: Path = typer.Option(Path("runs/demo"), help="where the teacher, student and report go"),
+         out: Path = typer.Option(Path("runs/demo"), help="where the teacher, student and report go (new, empty, "
+                                  "or an earlier demo folder)"),
          quick: bool = typer.Option(False, "--quick", help="smoke run: small subsets, minutes not tens of minutes"),
-         recipe: Path = typer.Option(Path("recipes/demo.yaml"), help="the example recipe to run")) -> None:
+         recipe: Path = typer.Option(Path("recipes/demo.yaml"), help="the example recipe to run"),
+         threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP),
+         overwrite: bool = typer.Option(False, "--overwrite", help="allow OUT to be a non-empty folder that is "
+                                        "not an earlier demo folder")) -> None:
     """The main job: fine-tune MiniLM on SST-2, evaluate, profile, compress with a recipe, report."""
+    inputs = [data_root, recipe]
+    check_output(out, inputs, overwrite, kind="container")
+    teacher, student = (out / "teacher-quick", out / "student-quick") if quick else (out / "teacher", out / "student")
+    for sub in ([student] if (teacher / "model.safetensors").exists() else [teacher, student]):
+        check_output(sub, inputs, overwrite)  # the folders the demo replaces: refused now, not after training
+    _setup(threads)
     from .demo import run_demo
 
     run_demo(data_root, out, recipe, quick)
 
 
 def main() -> None:
-    """Entry point: user errors become one red line and exit code 1."""
-    _quiet_libraries()
-    from pydantic import ValidationError
+    """Entry point: user errors become one red `error:` line; exit codes 1 (error), 2 (usage), 130 (Ctrl-C)."""
+    from .entry import run
 
-    try:
-        app()
-    except SlimformerError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(1)
-    except ValidationError as e:
-        err = e.errors()[0]
-        typer.secho(f"error: {'.'.join(map(str, err['loc']))}: {err['msg']}", fg="red", err=True)
-        sys.exit(1)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.secho("interrupted (re-run the same command to resume)", fg="yellow", err=True)
-        sys.exit(130)
+    run(app)
 
 
 if __name__ == "__main__":

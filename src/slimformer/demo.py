@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from . import models, tasks
 from .errors import check
 from .evaluate import evaluate_task
 from .fsutil import write_json
+from .outputs import mark_folder
 from .profile import profile_model
 from .progress import console, show
 from .recipe import compress, read_recipe
@@ -36,6 +38,7 @@ def run_demo(data_root: Path, out: Path, recipe_path: Path, quick: bool = False)
     sst2 = data_root / "sst2"
     check(sst2.is_dir(), f"SST-2 not found at {sst2}: pass --data-root (the folder holding sst2/)")
     task = tasks.load("sst2", sst2)
+    mark_folder(out, "demo")
     recipe = read_recipe(recipe_path)
     teacher_dir = out / ("teacher-quick" if quick else "teacher")
     cfg = TrainConfig(epochs=1 if quick else 3, lr=1e-4 if quick else 5e-5, batch_size=32, max_len=128, seed=42,
@@ -50,6 +53,7 @@ def run_demo(data_root: Path, out: Path, recipe_path: Path, quick: bool = False)
         model, stats = finetune(model, tok, task, cfg, out / ".teacher-train", resume=True)
         models.save(model, tok, teacher_dir)
         write_json(teacher_dir / "train_stats.json", {"config": cfg.model_dump(), "stats": stats})
+        shutil.rmtree(out / ".teacher-train", ignore_errors=True)  # checkpoints only serve an interrupted run
 
     console.rule("[bold]2. evaluate on the SST-2 dev split")
     max_eval = QUICK_EVAL if quick else None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .data import dummy_inputs
-from .errors import SlimformerError
+from .errors import SlimformerError, one_line
 
 
 def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq_len: int = 16,
@@ -50,9 +50,14 @@ def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq
                 program.save(str(tmp))
     except Exception as e:  # the exporter raises many types; the user needs one line
         tmp.unlink(missing_ok=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SlimformerError(f"ONNX export failed: {first}") from e
-    os.replace(tmp, path)
+        raise SlimformerError(f"ONNX export failed: {one_line(e)}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     import onnx
 
     graph_inputs = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]

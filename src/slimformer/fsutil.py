@@ -1,4 +1,4 @@
-"""Filesystem helpers: atomic output directories and sizes on disk."""
+"""Filesystem helpers: atomic output directories (guarded by `outputs`) and sizes on disk."""
 from __future__ import annotations
 
 import contextlib
@@ -9,37 +9,73 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .outputs import WriteError, guard_replace, write_errors, write_failure, write_marker
+
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces `out` only if the block succeeds."""
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+def atomic_dir(out: str | os.PathLike, kind: str | None = None, **meta: Any) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces `out` only if the block succeeds.
+
+    An existing `out` is replaced only when `outputs.guard_replace` allows it (empty, an earlier slimformer
+    output, or approved with --overwrite); a symbolic link is never written through. The new directory gets
+    the slimformer marker (`kind`, default guessed from its files, plus `meta`). A failure to write (disk
+    full, read-only) becomes one SlimformerError naming `out`; the temporary directory never stays behind."""
+    given = Path(out)
+    guard_replace(given)
+    out = given.resolve()
+    with write_errors(given):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        yield tmp
+        with write_errors(given):
+            yield tmp
+            write_marker(tmp, kind or _guess_kind(tmp), **meta)
+            _default_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _default_modes(tmp)
+    guard_replace(given)  # the block may have run for hours: check again just before replacing
     old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException as e:
+        if old is not None and not out.exists():
+            os.replace(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = write_failure(e, given) if isinstance(e, Exception) else None
+        if reason:
+            raise WriteError(f"cannot write {given}: {reason}", reason) from e
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _guess_kind(d: Path) -> str:
+    if (d / "summary.json").is_file():
+        return "compress"
+    if (d / "model.onnx").is_file():
+        return "onnx"
+    return "model" if (d / "config.json").is_file() else "output"
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to path via a temporary file and a rename."""
+    """Write text to path via a temporary file and a rename (the temporary file never stays behind)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def _umask() -> int:

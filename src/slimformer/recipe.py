@@ -228,7 +228,7 @@ def compress(
             f.rename(tmp / f.name)
         tmp.joinpath("model").rmdir()
         shutil.copy(ledger_path, tmp / "ledger.jsonl")
-        write_json(tmp / "summary.json", {"rows": rows, "comparison": comparison})
+        write_json(tmp / "summary.json", {"task": task.name if task else None, "rows": rows, "comparison": comparison})
         if recipe_text is not None:
             (tmp / "recipe.yaml").write_text(recipe_text)
     shutil.rmtree(work, ignore_errors=True)

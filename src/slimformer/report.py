@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import re
+import os
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from .errors import check
+from .errors import SlimformerError, check
 from .fsutil import atomic_write_text
 from .progress import console, show
 from .reliability import latency_cell, latency_text, speedup_text
@@ -113,9 +114,49 @@ def ledger_table(rows: list[dict[str, Any]], comparison: dict[str, Any] | None =
 
 
 def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The summary.json of a `compress` output, checked: one-line errors for a missing, garbage or foreign file."""
     p = Path(run_dir) / "summary.json"
     check(p.is_file(), f"{run_dir}: no summary.json (is it the output of `slimformer compress`?)")
-    return json.loads(p.read_text())
+    try:
+        summary = json.loads(p.read_text())
+    except UnicodeDecodeError as e:
+        raise SlimformerError(f"{p}: not a text file (not a slimformer summary)") from e
+    except json.JSONDecodeError as e:
+        raise SlimformerError(f"{p}: not valid JSON ({e.msg}, line {e.lineno}): not a slimformer summary") from e
+    except OSError as e:
+        raise SlimformerError(f"cannot read {p}: {e.strerror or e}") from e
+    foreign = f"{p}: not a slimformer summary (is {run_dir} the output of `slimformer compress`?)"
+    check(isinstance(summary, dict) and isinstance(summary.get("rows"), list) and summary["rows"], foreign)
+    for r in summary["rows"]:
+        check(isinstance(r, dict) and isinstance(r.get("index"), int) and isinstance(r.get("step"), str), foreign)
+        check(isinstance(r.get("metrics", {}), dict)
+              and all(isinstance(v, (int, float)) for v in r.get("metrics", {}).values()), foreign)
+        check(all(isinstance(r.get(k, 0), (int, float)) for k in ("params", "size_bytes", "seconds")), foreign)
+        check(all(isinstance(v, (int, float)) for k, v in r.items() if k.startswith("latency_")), foreign)
+    comparison = summary.get("comparison")
+    check(comparison is None or isinstance(comparison, dict), foreign)
+    for k, v in (comparison or {}).items():
+        if k.startswith("b"):
+            check(isinstance(v, dict) and all(isinstance(v.get(x), (int, float)) for x in
+                                              ("input_ms", "output_ms", "speedup")), foreign)
+    return summary
+
+
+def run_labels(runs: list[str | Path]) -> list[str]:
+    """Distinct short labels for runs: the directory name, with as many parent folders as it takes."""
+    parts = [Path(os.path.abspath(r)).parts for r in runs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{'/'.join(p[-1:])} ({i + 1})" for i, p in enumerate(parts)]  # the same run given twice
+
+
+def _tasks(summaries: list[dict[str, Any]]) -> list[str]:
+    """The task each run was measured on (when a summary predates the field: its metric names)."""
+    if all(s.get("task") for s in summaries):
+        return [str(s["task"]) for s in summaries]
+    return ["/".join(s["rows"][0].get("metrics", {})) or "no task" for s in summaries]
 
 
 def figure(rows: list[dict[str, Any]], title: str = "after each recipe step") -> Any:
@@ -226,17 +267,27 @@ def kv_table(d: dict[str, Any], title: str) -> Table:
 
 
 def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
-    """One chart and table over several `compress` outputs: the final model of each run, and their input."""
-    rows: list[dict[str, Any]] = []
-    for i, run in enumerate(runs):
-        summary = load_summary(run)
-        if i == 0:
-            rows.append({**summary["rows"][0], "label": "input", "step": "input"})
-        rows.append({**summary["rows"][-1], "index": i + 1, "step": Path(run).name, "label": Path(run).name})
+    """One chart and table over several `compress` outputs: the final model of each run, and their input.
+    Runs measured on different tasks (or with different inputs) get a warning, on the console and in the file."""
+    summaries = [load_summary(run) for run in runs]
+    labels = run_labels(runs)
+    rows: list[dict[str, Any]] = [{**summaries[0]["rows"][0], "label": "input", "step": "input"}]
+    for i, (summary, label) in enumerate(zip(summaries, labels)):
+        rows.append({**summary["rows"][-1], "index": i + 1, "step": label, "label": label})
+    warnings = []
+    tasks = _tasks(summaries)
+    if len(set(tasks)) > 1:
+        warnings.append("the runs were measured on different tasks ("
+                        + ", ".join(f"{lab}: {t}" for lab, t in zip(labels, tasks)) + "): their metrics do not compare")
+    if len({s["rows"][0].get("params") for s in summaries}) > 1:
+        warnings.append("the runs started from different input models; the input row is the first run's")
+    for w in warnings:
+        console.print(f"[yellow]warning: {w}[/yellow]")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     png = plot(rows, out / "comparison.png", title="per run (final models)")
-    md = ["# slimformer comparison", "", "Each run's final model; latency as measured after its last step "
+    md = ["# slimformer comparison", "", *[f"**Warning:** {w}.\n" for w in warnings],
+          "Each run's final model; latency as measured after its last step "
           "(for exact ratios compare within one run: see each run's report).", "", ledger_table(rows), "",
           f"![comparison]({png.name})", ""]
     atomic_write_text(out / "comparison.md", "\n".join(md))

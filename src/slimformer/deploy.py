@@ -1,0 +1,184 @@
+"""`slimformer export`: any model slimformer wrote, as one ONNX file checked in ONNX Runtime.
+
+Three kinds of model, one file each:
+
+- quantized with `backend: onnxruntime`: the model already holds its INT8 ONNX graph; it is written as is,
+  after checking that ONNX Runtime loads it and gives the model's logits;
+- with torch INT8 kernels (fbgemm `QLinear`, dynamic or static): those kernels have no ONNX form, so the
+  layers are exported with their INT8 weights dequantized and quantized again by ONNX Runtime (dynamic,
+  per channel), checked against the model's FP32 weights (within 10%, or twice the torch INT8 model's own error);
+- everything else (FP32, pruned, factorized, shared, weight-only 8/4-bit): the torch exporter, checked
+  within `atol` (`optimize`: the fusable export, then ORT's transformer fusions when they match).
+
+The tokenizer goes to `<stem>-tokenizer/` next to the file. Everything is built in a temporary directory
+beside the destination and moved there only when every check passed: a failure leaves no stub and no
+temporary file, and exporter messages become one complete line.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .errors import SlimformerError, one_line
+from .outputs import check_output, read_marker, write_errors
+
+QUANT_TOLERANCE = 0.1  # |ORT INT8 - FP32| / |FP32| logits on the probe batch (or twice torch INT8's own error)
+
+
+def tokenizer_dir(onnx: str | os.PathLike) -> Path:
+    p = Path(onnx)
+    return p.parent / f"{p.stem}-tokenizer"
+
+
+def check_export_paths(onnx: str | os.PathLike, inputs: list[Any], overwrite: bool) -> None:
+    """Refuse destinations that could lose a file (before the model is loaded). An existing file written
+    by an earlier `slimformer export` (its tokenizer folder records its hash) may be replaced."""
+    ours = _earlier_export(Path(onnx))
+    check_output(onnx, inputs, overwrite, kind="file", flag="--onnx", replaceable=ours)
+    check_output(tokenizer_dir(onnx), inputs, overwrite or ours, kind="dir", flag="tokenizer folder")
+
+
+def _earlier_export(onnx: Path) -> bool:
+    marker = read_marker(tokenizer_dir(onnx))
+    return bool(marker and onnx.is_file() and not onnx.is_symlink() and marker.get("onnx") == onnx.name
+                and marker.get("sha256") == _sha256(onnx))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float = 1e-4,
+                optimize: bool = False) -> dict[str, Any]:
+    """Write `onnx` (+ its tokenizer folder) for any slimformer model; returns what was done:
+    {"kind", "max_abs_diff", "notes", "bytes"}. Raises SlimformerError with one line on any failure."""
+    from .fsutil import _umask, atomic_dir
+
+    onnx = Path(onnx)
+    with write_errors(onnx):
+        onnx.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{onnx.name}.tmp-", dir=onnx.parent) as d:
+            tmp = Path(d) / "model.onnx"
+            try:
+                with warnings.catch_warnings():  # exporter warnings are noise to a user; results are checked
+                    warnings.simplefilter("ignore")
+                    info = _write_graph(model, tokenizer, tmp, atol, optimize)
+            except SlimformerError:
+                raise
+            except Exception as e:  # the exporters raise many types, with messages of many lines
+                raise SlimformerError(f"ONNX export failed: {one_line(e)}") from e
+            with atomic_dir(tokenizer_dir(onnx), kind="onnx-tokenizer", onnx=onnx.name, sha256=_sha256(tmp)) as td:
+                tokenizer.save_pretrained(td)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, onnx)
+    info["bytes"] = onnx.stat().st_size
+    return info
+
+
+def _write_graph(model: Any, tokenizer: Any, path: Path, atol: float, optimize: bool) -> dict[str, Any]:
+    from .export import parity, to_onnx
+    from .quantize.onnx_backend import is_onnx
+
+    notes: list[str] = []
+    if is_onnx(model):
+        path.write_bytes(model.ort.onnx_bytes.numpy().tobytes())
+        diff = parity(path, model, tokenizer)
+        if diff > atol:
+            raise SlimformerError(f"the stored ONNX graph differs from the model by {diff:.2e} (> {atol:g})")
+        if optimize:
+            fusion = (model.config.slimformer.get("onnxruntime") or {}).get("fusion")
+            notes.append(f"already an ONNX Runtime INT8 graph: --optimize changes nothing (fused before "
+                         f"quantization: {_fusion_text(fusion)})")
+        return {"kind": "onnxruntime INT8 graph (as stored)", "max_abs_diff": diff, "notes": notes}
+    fbgemm = _fbgemm_layers(model)
+    if fbgemm:
+        return _requantized(model, tokenizer, path, fbgemm, optimize)
+    res = None
+    if optimize:
+        try:
+            res = to_onnx(model, tokenizer, path, atol=atol, fusable=True)
+        except SlimformerError as e:
+            notes.append(f"no fusable export ({str(e)[:120]}); exported unfused")
+    if res is None:
+        res = to_onnx(model, tokenizer, path, atol=atol)
+    elif optimize:
+        from .quantize.ort_fusion import fuse
+
+        try:
+            fused = fuse(path, model, tokenizer)
+            notes.append(f"fused: {fused['fused']} (max |fused - PyTorch| = {fused['max_abs_diff']:.1e})")
+        except SlimformerError as e:
+            notes.append(f"not fused ({e}); the exported graph is unfused")
+    return {"kind": f"float graph ({res['exporter']} exporter)", "max_abs_diff": res["max_abs_diff"], "notes": notes}
+
+
+def _rel(a: Any, b: Any) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def _fusion_text(fusion: Any) -> str:
+    if isinstance(fusion, dict) and fusion.get("fused"):
+        return ", ".join(f"{k} x{v}" for k, v in fusion["fused"].items())
+    if isinstance(fusion, dict) and fusion.get("skipped"):
+        return f"skipped ({str(fusion['skipped'])[:120]})"
+    return "none"
+
+
+def _fbgemm_layers(model: Any) -> list[str]:
+    from .quantize.modules import QLinear
+
+    return [n for n, m in model.named_modules() if isinstance(m, QLinear) and m.act != "none"]
+
+
+def _requantized(model: Any, tokenizer: Any, path: Path, names: list[str], optimize: bool) -> dict[str, Any]:
+    """Torch INT8 layers: dequantize them into a copy, let ONNX Runtime quantize the same layers again."""
+    import torch
+    from torch import nn
+
+    from .export import OnnxModel, _logits
+    from .data import dummy_inputs
+    from .quantize.onnx_backend import quantize_onnx
+
+    float_copy = copy.deepcopy(model)
+    static = False
+    for name in names:
+        q = float_copy.get_submodule(name)
+        static |= q.act == "static"
+        lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
+        lin.weight.data.copy_(q.dequantized_weight())
+        if q.bias is not None:
+            lin.bias.data.copy_(q.bias.data)
+        parent, _, child = name.rpartition(".")
+        setattr(float_copy.get_submodule(parent) if parent else float_copy, child, lin)
+    probe = dummy_inputs(tokenizer, 3, 21, seed=1)
+    probe["attention_mask"][2, 3:] = 0
+    with torch.no_grad():
+        ref = _logits(model(**probe)).float()
+        dequantized = _logits(float_copy(**probe)).float()
+    ort = quantize_onnx(float_copy, tokenizer, names, mode="dynamic", embeddings=False, optimize=optimize)
+    path.write_bytes(ort.ort.onnx_bytes.numpy().tobytes())
+    got = OnnxModel(path)(probe)
+    rel, own, torch_own = _rel(got, ref), _rel(got, dequantized), _rel(ref, dequantized)
+    tolerance = max(QUANT_TOLERANCE, 2 * torch_own)  # no worse than twice torch's own INT8 error
+    if own > tolerance:
+        raise SlimformerError(f"the ONNX Runtime INT8 graph differs from the model's FP32 weights by {own:.1%} "
+                              f"(> {tolerance:.1%}); quantize with backend: onnxruntime to export it exactly")
+    notes = [f"torch INT8 kernels have no ONNX form: {len(names)} layers re-quantized by ONNX Runtime (dynamic "
+             f"INT8, per-channel weights); relative difference to the torch INT8 model {rel:.1%}, to the FP32 "
+             f"weights {own:.1%} (torch INT8: {torch_own:.1%})"]
+    if static:
+        notes.append("static INT8 activations are quantized dynamically in ONNX Runtime")
+    fusion = ort.config.slimformer.get("onnxruntime", {}).get("fusion")
+    if optimize:
+        notes.append(f"fusion: {_fusion_text(fusion)}")
+    return {"kind": "onnxruntime INT8 graph (re-quantized)", "max_abs_diff": float((got - ref).abs().max()),
+            "notes": notes}
