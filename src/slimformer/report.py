@@ -132,7 +132,8 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
         check(isinstance(r.get("metrics", {}), dict)
               and all(isinstance(v, (int, float)) for v in r.get("metrics", {}).values()), foreign)
         check(all(isinstance(r.get(k, 0), (int, float)) for k in ("params", "size_bytes", "seconds")), foreign)
-        check(all(isinstance(v, (int, float)) for k, v in r.items() if k.startswith("latency_")), foreign)
+        check(all(isinstance(v, (int, float)) for k, v in r.items() if k.startswith("latency_") and k.endswith("_ms")),
+              foreign)
     comparison = summary.get("comparison")
     check(comparison is None or isinstance(comparison, dict), foreign)
     for k, v in (comparison or {}).items():

@@ -52,7 +52,7 @@ def regexes(values: list[str] | None, field: str) -> list[str] | None:
         try:
             re.compile(p)
         except (re.error, TypeError) as e:
-            raise ValueError(f"{field}: {p!r} is not a valid regular expression ({e})") from e
+            raise SlimformerError(f"{field}: {p!r} is not a valid regex ({e})") from e
     return values
 
 
