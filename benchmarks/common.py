@@ -43,7 +43,7 @@ def teacher(name: str) -> tuple[Any, Any]:
     out = teacher_dir(name)
     if not (out / "model.safetensors").exists():
         t = task(name)
-        model, tok = models.load("minilm", num_labels=len(t.labels))
+        model, tok = models.load("minilm", task=t)
         work = CACHE / "work" / f"teacher-{name}"
         model, stats = finetune(model, tok, t, TrainConfig(**TEACHER_RECIPES[name]), work, resume=True)
         models.save(model, tok, out)
@@ -56,10 +56,25 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     from slimformer.bench import machine
     from slimformer.fsutil import write_json
 
-    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **payload}
+    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+               "commit": git_commit(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **payload}
     path = RESULTS / f"{name}.json"
     write_json(path, payload)
     return path
+
+
+def git_commit() -> str:
+    """The checked-out commit (with '+dirty' when the tree has changes), or 'unknown'."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+dirty" if dirty else "")) or "unknown"
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:

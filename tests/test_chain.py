@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import slimformer as sf
-from slimformer import models
 from slimformer.recipe import EvalSettings, compress
 
 from conftest import write_tiny_sst2
@@ -39,8 +38,7 @@ def test_prune_distill_quantize_chain_reloads(tiny_bert, tokenizer, tiny_task, t
     assert rows[1]["params"] < rows[0]["params"] and rows[2]["params"] < rows[1]["params"]
     assert rows[4]["size_bytes"] < rows[3]["size_bytes"]  # int8 weights on disk
     assert rows[4]["params"] >= rows[3]["params"]  # quantization keeps every weight, in fewer bits (+ scales)
-    final, tok = models.load(str(tmp_path / "out"))
-    torch.testing.assert_close(fresh_process_logits(tmp_path / "out"), logits(final, tok), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fresh_process_logits(tmp_path / "out"), logits(res.model, tokenizer), atol=1e-5, rtol=0)
 
 
 def test_factorize_share_distill_chain_reloads(tiny_bert, tokenizer, tiny_task, tmp_path):
@@ -51,5 +49,4 @@ def test_factorize_share_distill_chain_reloads(tiny_bert, tokenizer, tiny_task, 
     model, res = _run(tiny_bert, tokenizer, tiny_task, tmp_path, steps)
     params = [r["params"] for r in res.rows]
     assert params == sorted(params, reverse=True) and params[-1] < params[0]
-    final, tok = models.load(str(tmp_path / "out"))
-    torch.testing.assert_close(fresh_process_logits(tmp_path / "out"), logits(final, tok), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fresh_process_logits(tmp_path / "out"), logits(res.model, tokenizer), atol=1e-5, rtol=0)

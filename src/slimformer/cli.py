@@ -111,6 +111,7 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
              epochs: float = typer.Option(3.0), lr: float = typer.Option(5e-5), batch_size: int = typer.Option(32),
              max_len: int = typer.Option(128), seed: int = typer.Option(42),
              max_train_examples: Optional[int] = typer.Option(None, help="train on a random subset"),
+             label_smoothing: float = typer.Option(0.0, min=0.0, max=0.99, help="label-smoothed cross-entropy"),
              resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint of an "
                                          "interrupted run (kept in .OUT.train/ until the run succeeds)"),
              threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP),
@@ -138,7 +139,7 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
     td = _task(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
                beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed,
-                      max_train_examples=max_train_examples)
+                      max_train_examples=max_train_examples, label_smoothing=label_smoothing)
     set_seed(seed)  # a newly created head starts from the same weights for the same seed
     if from_config:
         from .models.scratch import translation_model

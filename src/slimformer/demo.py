@@ -28,7 +28,7 @@ def _quick(step: object) -> object:
         updates["max_train_examples"] = QUICK_TRAIN
     if "epochs" in fields:
         updates["epochs"] = 1.0
-    for k in ("calibration_examples", "importance_examples"):
+    for k in ("calib_examples", "importance_examples", "score_examples"):
         if k in fields:
             updates[k] = 64
     return step.model_copy(update=updates)  # type: ignore[attr-defined]
@@ -47,9 +47,9 @@ def run_demo(data_root: Path, out: Path, recipe_path: Path, quick: bool = False)
     console.rule("[bold]1. fine-tune all-MiniLM-L6-v2 on SST-2 (the teacher)")
     if (teacher_dir / "model.safetensors").exists():
         console.print(f"reusing the teacher in {teacher_dir} (delete it to train again)")
-        model, tok = models.load(str(teacher_dir))
+        model, tok = models.load(str(teacher_dir), task=task)
     else:
-        model, tok = models.load("minilm", num_labels=len(task.labels))
+        model, tok = models.load("minilm", task=task)
         model, stats = finetune(model, tok, task, cfg, out / ".teacher-train", resume=True)
         models.save(model, tok, teacher_dir)
         write_json(teacher_dir / "train_stats.json", {"config": cfg.model_dump(), "stats": stats})

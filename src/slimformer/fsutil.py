@@ -99,14 +99,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def dir_size(path: str | os.PathLike) -> int:
-    """Bytes of all files under path (or of the file itself)."""
-    p = Path(path)
-    if p.is_file():
-        return p.stat().st_size
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-
-
 def weights_size(path: str | os.PathLike) -> int:
     """Bytes of the weight files (safetensors/onnx/bin) under path: the model's size on disk."""
     p = Path(path)

@@ -33,6 +33,7 @@ class TrainConfig(BaseModel):
     max_train_examples: int | None = Field(None, ge=1, description="train on the first N (shuffled) examples")
     save_steps: int = Field(200, ge=1, description="checkpoint every N steps (for --resume)")
     eval_each_epoch: bool = False
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label-smoothed cross-entropy (translation: 0.1)")
 
 
 def set_seed(seed: int) -> None:
@@ -78,6 +79,7 @@ def training_args(cfg: TrainConfig, out_dir: str | Path, **overrides: Any) -> An
         dataloader_num_workers=0,
         disable_tqdm=bool(os.environ.get("SLIMFORMER_QUIET")),
         save_only_model=False,
+        label_smoothing_factor=cfg.label_smoothing,
     )
     args.update(overrides)
     return TrainingArguments(**args)

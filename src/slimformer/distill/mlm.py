@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import check
+from ..models import get_adapter
 from ..steps import Context, StepConfig, implements
 from ..tasks.text import mlm_blocks, read_text
 from .step import LossTerms, run_distillation
@@ -37,6 +38,12 @@ class DistillGeneral(LossTerms):
     mask_prob: float = Field(0.15, ge=0, lt=1)
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(1e-4, gt=0)
+
+    def preflight(self, model: nn.Module, task: Any) -> None:
+        ad = get_adapter(model)
+        check(not ad.is_multi_stack(model) and ad.stacks(model)[0].name == "encoder",
+              "masked-LM text distillation serves encoders; distil a generative model with `distill` on its "
+              "translation or language-modelling task (token-level KL)")
 
     @model_validator(mode="after")
     def _masked(self) -> "DistillGeneral":

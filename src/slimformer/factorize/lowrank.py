@@ -125,6 +125,9 @@ def select_layers(model: nn.Module, parts: Sequence[str] = ("attention", "ffn"),
                   exclude: Sequence[str] = ()) -> list[str]:
     """Names of the Linear layers to factorize: the adapter's attention / FFN projections, or every Linear
     whose name matches an `include` regex; never the task head; minus `exclude` regexes."""
+    from ..quantize.ops import linearize
+
+    linearize(model)
     adapter = get_adapter(model)
     heads = adapter.head_modules(model)
     names = {id(m): n for n, m in model.named_modules()}

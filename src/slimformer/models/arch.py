@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import SlimformerError, check
-from .linear import in_features, is_linear, out_features, slice_in, slice_out, weight_oi
+from .linear import in_features, out_features, slice_in, slice_out, weight_oi
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,6 @@ class Family:
     token_type_embeddings: str = ""
     pooler: str = ""
     heads: tuple[str, ...] = ()        # task-head modules, relative to the task model (classifier, lm_head)
-    kv_heads_key: str = ""             # config key of the key/value head count (grouped-query attention)
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)  # "keep_heads", "keep_layers" extras
 
 
@@ -367,11 +366,6 @@ class Adapter:
         return any(getattr(submodule(model, h), "weight", None) is emb for h in self.head_modules(model))
 
     # --- descriptions ------------------------------------------------------------------------------
-    def linears(self, model: nn.Module) -> dict[str, nn.Module]:
-        """Every linear map inside the layer stacks, by full name (heads and embeddings excluded)."""
-        prefixes = tuple(self.layer_prefixes(model))
-        return {n: m for n, m in model.named_modules() if is_linear(m) and (n + ".").startswith(prefixes)}
-
     def geometry(self, model: nn.Module) -> dict[str, Any]:
         """Layers, heads, KV heads and FFN widths per stack, as they are now (after any pruning)."""
         att = self.attention(model)
@@ -386,10 +380,6 @@ class Adapter:
                 "gated_ffn": any(len(f.up) > 1 for f in self.ffn(model) if f.unit.startswith(st.name + ".")),
             }
         return out
-
-    def component_of(self, model: nn.Module, name: str) -> str:
-        """embeddings / attention / cross-attention / ffn / norm / head / other for a parameter name."""
-        return self.component_map(model).get(name.rsplit(".", 1)[0], "other")
 
     def component_map(self, model: nn.Module) -> dict[str, str]:
         """{module name: component} for every module with parameters of its own."""

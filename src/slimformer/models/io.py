@@ -126,7 +126,7 @@ def load(name: str, task: Any = None, head: str | None = None, num_labels: int |
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     if own_head:
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("num_labels", "problem_type")}
+        kwargs = {}  # the checkpoint's head keeps its own size and labels (checked against the task below)
     ops = recorded_ops(config)
     check(isinstance(ops, list), f"{name}: config.json 'slimformer.ops' must be a list of ops")
     try:
@@ -141,7 +141,11 @@ def load(name: str, task: Any = None, head: str | None = None, num_labels: int |
         raise SlimformerError(f"cannot load the weights of {name}: {first[:300]}") from e
     if task is not None:
         task.check_model(model, fresh_head=not own_head)
-    model.slimformer_new_head = not own_head and task is not None and task.head != "AutoModel"
+    if not own_head and task is not None and task.head != "AutoModel":
+        from ..progress import console
+
+        console.print(f"[yellow]{name}: the {task.head.replace('AutoModelFor', '')} head is new (randomly "
+                      f"initialised): train it (finetune or distill) before its scores mean anything")
     model.eval()
     return model, tokenizer
 

@@ -9,7 +9,7 @@ from torch import nn
 from ..steps import Context, StepConfig, regexes
 from .guard import check_accuracy
 from .modules import QEmbedding, QLinear
-from .ops import select_linears
+from .ops import linearize, select_linears
 
 
 class QuantStep(StepConfig):
@@ -29,6 +29,8 @@ class QuantStep(StepConfig):
         return regexes(v, info.field_name)
 
     def targets(self, model: nn.Module) -> list[str]:
+        """Names of the Linear layers this step quantizes (GPT-2's Conv1D layers become nn.Linear first)."""
+        linearize(model)
         return select_linears(model, self.include, self.exclude, self.skip_head)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import SlimformerError
 from ..models import apply_op, get_adapter, register_op
+from ..models.linear import conv1d_as_linear, is_conv1d
 from .modules import Act, QEmbedding, QLinear
 
 
@@ -61,6 +62,22 @@ def quantize_embeddings(model: nn.Module, bits: int = 8, group_size: int | None 
     group_size = group_size if group_size and group_size < d and d % group_size == 0 else None
     apply_op(model, "quantize_embedding", modules=[name], bits=bits, group_size=group_size)
     return [name]
+
+
+@register_op("conv1d_to_linear")
+def _conv1d_to_linear(model: nn.Module) -> None:
+    for name, mod in list(model.named_modules()):
+        if is_conv1d(mod):
+            parent, child = _parent(model, name)
+            setattr(parent, child, conv1d_as_linear(mod))
+
+
+def linearize(model: nn.Module) -> nn.Module:
+    """Swap transformers' Conv1D layers (GPT-2) for nn.Linear computing the same map, so the INT8 and low-rank
+    paths that work on nn.Linear see them (recorded so the model reloads)."""
+    if any(is_conv1d(m) for m in model.modules()):
+        apply_op(model, "conv1d_to_linear")
+    return model
 
 
 def embedding_shared(model: nn.Module) -> bool:

@@ -12,5 +12,4 @@ FAMILY = register_family(Family(
         count_keys=("num_hidden_layers",)),),
     word_embeddings="embed_tokens",
     heads=("lm_head", "score"),
-    kv_heads_key="num_key_value_heads",
 ))

@@ -1,0 +1,92 @@
+"""Every recipe step on every shape: it works (the model still runs, saves and reloads with identical outputs)
+or it refuses with a one-line error saying why. EXPECTED is the table of the README ("Steps x shapes")."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import slimformer as sf
+from families import inputs, logits, tiny
+from slimformer.errors import SlimformerError
+from slimformer.steps import Context, apply_step, parse_step
+from slimformer.tasks import Example, TaskData
+from slimformer.tasks.language_modeling import LanguageModelingTask, Text
+from slimformer.tasks.translation import Pair, TranslationTask
+
+SHAPES = {"encoder": "bert", "encoder-decoder": "marian", "decoder": "llama"}
+WORDS = "the cat sat on a mat while two dogs ran in the park near old trees and a small river".split()
+
+# step -> (recipe fields, {shape: None if it works, else a fragment of the refusal message})
+CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
+    "prune_heads": ({"keep": 0.5, "importance_examples": 8, "batch_size": 4}, {}),
+    "prune_ffn": ({"keep": 0.5, "importance_examples": 8, "batch_size": 4}, {}),
+    "drop_layers": ({"keep": 1}, {"encoder-decoder": "name one with stack:"}),
+    "make_student": ({"every": 2}, {}),
+    "distill": ({"kd": 1, "ce": 0.5, "max_steps": 2, "batch_size": 4}, {}),
+    "distill_general": ({"max_blocks": 4, "block_size": 16, "max_steps": 2, "batch_size": 2},
+                        {"encoder-decoder": "masked-LM", "decoder": "masked-LM"}),
+    "finetune": ({"epochs": 1, "max_train_examples": 8, "batch_size": 4}, {}),
+    "prune_unstructured": ({"sparsity": 0.5}, {}),
+    "factorize": ({"ratio": 0.5}, {}),
+    "factorize_embeddings": ({"size": 8}, {"encoder-decoder": "tied", "decoder": "tied"}),
+    "share_layers": ({}, {"encoder-decoder": "name one with stack:"}),
+    "quantize_dynamic": ({"guard": False}, {}),
+    "quantize_static": ({"calib_examples": 8, "guard": False}, {}),
+    "quantize_qat": ({"max_steps": 2, "batch_size": 4, "guard": False}, {}),
+    "quantize_weights": ({"bits": 4, "group_size": 16, "method": "gptq", "calib_examples": 8, "guard": False}, {}),
+    "quantize_mixed": ({"calib_examples": 4, "group_size": 16, "guard": False}, {}),
+}
+
+
+def test_every_step_is_in_the_matrix():
+    from slimformer.steps import known_steps
+
+    assert set(known_steps()) == set(CASES)
+
+
+def _task(shape: str):
+    rows = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(6 + i % 5)) for i in range(24)]
+    if shape == "encoder":
+        exs = [Example(t, i % 3) for i, t in enumerate(rows)]
+        return TaskData("toy", ["a", "b", "c"], {"train": exs, "dev": exs[:6]})
+    if shape == "encoder-decoder":
+        pairs = [Pair(t, " ".join(reversed(t.split()))) for t in rows]
+        return TranslationTask("toy", {"train": pairs, "dev": pairs[:4]}, beams=1, max_new_tokens=4)
+    return LanguageModelingTask("toy", {"train": [Text(t) for t in rows], "test": [Text(t) for t in rows[:8]]},
+                                context=32, stride=16)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("step", list(CASES))
+def test_step_works_or_refuses_in_one_line(step, shape, tokenizer, tmp_path):
+    fields, refusals = CASES[step]
+    fields = dict(fields)
+    if step == "distill_general":
+        (tmp_path / "text.txt").write_text("\n".join(" ".join(WORDS[i:] + WORDS[:i]) for i in range(40)))
+        fields["text"] = str(tmp_path / "text.txt")
+    model = tiny(SHAPES[shape])
+    task = _task(shape)
+    ctx = Context(tokenizer=tokenizer, task=task, work_dir=tmp_path / "work", teacher=copy.deepcopy(model).eval(),
+                  seed=1, max_len=16)
+    batch = inputs(model, seq=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = refusals.get(shape)
+    try:
+        cfg = parse_step({"step": step, **fields}, 0)
+        cfg.preflight(model, task)
+        out = apply_step(model, cfg, ctx)
+    except SlimformerError as e:
+        assert expected is not None, f"{step} refused on {shape}: {e}"
+        assert expected in str(e) and "\n" not in str(e)
+        return
+    assert expected is None, f"{step} ran on {shape} but should refuse ({expected})"
+    after = out.state_dict()
+    assert after.keys() != before.keys() or any(not torch.equal(after[k], v) for k, v in before.items()), \
+        f"{step} on {shape} left the model unchanged"
+    want = logits(out, batch)
+    assert torch.isfinite(want).all()
+    sf.save(out, tokenizer, tmp_path / "m")
+    reloaded, _ = sf.load(str(tmp_path / "m"))
+    torch.testing.assert_close(logits(reloaded, batch), want, atol=1e-5, rtol=0)
