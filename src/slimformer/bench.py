@@ -200,3 +200,12 @@ def machine() -> dict[str, Any]:
         "avx512_vnni": "avx512_vnni" in flags,
         "avx2": "avx2" in flags,
     }
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable in /proc/meminfo), or None if unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None

@@ -94,6 +94,7 @@ def profile(model: str = typer.Argument(..., help=MODEL_HELP),
     from .report import kv_table, profile_table
 
     m, tok = models.load(model)
+    models.io.check_positions(m, **{"--seq-len": seq_len})
     prof = profile_model(m, tok, seq_len, batch, threads, runs)
     show(profile_table(prof))
     if hasattr(m, "can_generate") and m.can_generate():
@@ -147,6 +148,7 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
         m, tok = translation_model(td, from_config, seed)
     else:
         m, tok = models.load(model, task=td)
+    models.io.check_positions(m, **{"--max-len": max_len})
     with write_errors(out, cleanup=[work]):
         m, stats = run_finetune(m, tok, td, cfg, work, resume=resume)
         if is_main_process():
@@ -183,6 +185,7 @@ def evaluate(model: str = typer.Argument(..., help=MODEL_HELP), task: str = type
                beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
     split = td.eval_split(split or td.default_split)
     m, tok = models.load(model, task=td)
+    models.io.check_positions(m, **{"--max-len": max_len, "--seq-len": seq_len})
     res = {"model": model, "task": td.name, "split": split, **evaluate_task(m, tok, td, split, max_len),
            **footprint(m, tok, seq_len, n_threads=threads)}
     if getattr(td, "last_signature", ""):

@@ -241,10 +241,9 @@ def preflight(model: torch.nn.Module, cfgs: list[StepConfig], task: Task | None,
     if task is not None:
         task.eval_split(ev.split or task.default_split)
         task.check_model(model)
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if isinstance(limit, int) and getattr(model.config, "model_type", "") not in ("t5",):
-        check(ev.seq_len <= limit, f"eval.seq_len {ev.seq_len} exceeds the model's {limit} positions")
-        check(ev.max_len <= limit, f"eval.max_len {ev.max_len} exceeds the model's {limit} positions")
+    from .models.io import check_positions
+
+    check_positions(model, **{"eval.seq_len": ev.seq_len, "eval.max_len": ev.max_len})
     for i, cfg in enumerate(cfgs):
         if cfg.needs_data and task is None:
             raise SlimformerError(f"recipe step {i + 1} ({cfg.step}) needs task data: pass --task and --data "

@@ -91,6 +91,18 @@ def _preflight(cfg: "MakeStudent", model: nn.Module) -> None:
         check(adapter.pooler(model) is not None, f"{type(model).__name__} has no pooler to drop")
 
 
+def check_fits_in_memory(cls: Any, cfg: Any, what: str) -> None:
+    """Refuse (one line) a model whose fp32 weights would not fit in the memory this machine has free: the
+    parameters are counted on the meta device, without allocating them."""
+    from ..bench import available_memory
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in cls(cfg).parameters())
+    need, free = 4 * n, available_memory()
+    check(free is None or need < 0.8 * free, f"{what}: the model would have {n / 1e9:.2f}B parameters "
+          f"({need / 2**30:.1f} GiB in fp32); this machine has {((free or 0) / 2**30):.1f} GiB free")
+
+
 def _fresh(model: nn.Module, sizes: dict[str, int]) -> nn.Module:
     """A randomly initialised model of the same class with a smaller config; embeddings copied if widths match."""
     cfg = copy.deepcopy(model.config)
@@ -104,6 +116,7 @@ def _fresh(model: nn.Module, sizes: dict[str, int]) -> nn.Module:
           f"make_student: hidden_size {cfg.hidden_size} is not divisible by num_attention_heads "
           f"{cfg.num_attention_heads}")
     cfg.slimformer = {}  # a fresh student has no structural ops: its config describes it fully
+    check_fits_in_memory(type(model), cfg, "make_student: fresh")
     torch.manual_seed(0)
     student = type(model)(cfg)
     adapter = get_adapter(model)

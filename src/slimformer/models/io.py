@@ -139,6 +139,8 @@ def load(name: str, task: Any = None, head: str | None = None, num_labels: int |
     except (OSError, ValueError, RuntimeError, SafetensorError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlimformerError(f"cannot load the weights of {name}: {first[:300]}") from e
+    if hasattr(model, "can_generate") and model.can_generate():
+        _use_cache(model)
     if task is not None:
         task.check_model(model, fresh_head=not own_head)
     if not own_head and task is not None and task.head != "AutoModel":
@@ -148,6 +150,12 @@ def load(name: str, task: Any = None, head: str | None = None, num_labels: int |
                       f"initialised): train it (finetune or distill) before its scores mean anything")
     model.eval()
     return model, tokenizer
+
+
+def _use_cache(model: nn.Module) -> None:
+    model.config.use_cache = True
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.use_cache = True
 
 
 def _from_pretrained(cls: Any, path: str, own_head: bool, kwargs: dict[str, Any], trust: bool) -> nn.Module:
@@ -198,13 +206,39 @@ def _load_with_ops(path: str, config: Any, cls: Any, ops: list[dict[str, Any]], 
     return model
 
 
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's absolute position table allows (None: relative / rotary positions
+    without a hard limit that matters here)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", "") == "t5":
+        return None
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_positions(model: nn.Module, **lengths: int | None) -> None:
+    """One line when a sequence length (named by its option) exceeds the model's positions."""
+    limit = max_positions(model)
+    for name, n in lengths.items():
+        if limit is not None and n is not None:
+            check(n <= limit, f"{name} {n} exceeds the {limit} positions of the model")
+
+
 def save(model: nn.Module, tokenizer: Any, out: str | os.PathLike) -> Path:
     """Write config, safetensors weights (shared tensors once) and tokenizer to `out`, atomically."""
     out = Path(out)
     if type(model).__module__.startswith("transformers."):
         model.config.architectures = [type(model).__name__]  # reload picks the same class (and head)
+    generative = hasattr(model, "can_generate") and model.can_generate()
+    if generative:
+        _use_cache(model)  # training switches the KV cache off; a saved model generates with it
     with atomic_dir(out) as tmp:
         model.config.save_pretrained(tmp)
+        if generative:
+            model.generation_config.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -95,6 +95,7 @@ def _records(path: Path) -> Iterable[dict]:
                 check(isinstance(rec, dict), f"{path}:{i + 1}: expected a JSON object")
                 yield rec
         return
+    csv.field_size_limit(1 << 26)  # a long text field (64 MB) is truncated by the tokenizer, not refused here
     delim = "," if suffix == ".csv" else "\t"
     with path.open(encoding="utf-8-sig", newline="") as f:
         quoting = csv.QUOTE_MINIMAL if delim == "," else csv.QUOTE_NONE
