@@ -115,11 +115,11 @@ PARTS = {"mt_teacher": mt_teacher, "smollm2": smollm2, "minilm_stsb": minilm_sts
 def main(parts: list[str]) -> None:
     torch.set_num_threads(THREADS)
     payload = common.previous_parts(RESULT, set(PARTS) - set(parts))
-    for p in parts:
+    for p in parts:  # results are written after every part, so a later failure loses nothing
         t0 = time.perf_counter()
         payload[p] = PARTS[p]()
         print(f"{p}: {json.dumps(payload[p], default=str)[:600]} ({time.perf_counter() - t0:.0f} s)")
-    print(f"wrote {common.write_result(RESULT, {'threads': THREADS, **payload})}")
+        print(f"wrote {common.write_result(RESULT, {'threads': THREADS, **payload})}")
     print(markdown())
 
 

@@ -134,3 +134,19 @@ def test_generation_after_reload_in_a_fresh_process(family, tmp_path, tokenizer)
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-1500:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == _generate(m, batch).tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_profile_and_generation_profile(family, tokenizer):
+    from slimformer.generation import generation_profile
+    from slimformer.profile import profile_model
+
+    m = tiny(family)
+    prof = profile_model(m, tokenizer, seq_len=8, batch=1, n_threads=1, runs=2)
+    kinds = set(prof["by_kind"])
+    assert {"embeddings", "attention", "ffn"} <= kinds
+    assert ("cross-attention" in kinds) == bool(m.config.is_encoder_decoder)
+    assert sum(r["params"] for r in prof["rows"]) == sf.models.num_params(m)
+    if m.can_generate():
+        g = generation_profile(m, tokenizer, prompt_len=8, new_tokens=3, runs=1)
+        assert g["tokens_per_s"] > 0 and g["kv_cache_bytes"] > 0

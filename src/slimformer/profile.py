@@ -117,10 +117,12 @@ def _time_rows(model: nn.Module, tokenizer: Any, batch: int, seq_len: int, n_thr
 
     per_call: list[dict[str, float]] = []
 
-    def fwd(inputs: dict[str, torch.Tensor]) -> None:
+    own = dummy_inputs(tokenizer, batch, seq_len, model=model)  # the model's inputs (decoder ids for seq2seq)
+
+    def fwd(_: dict[str, torch.Tensor]) -> None:
         acc.clear()
         with torch.inference_mode():
-            model(**inputs)
+            model(**own)
         per_call.append({k: v * 1000 for k, v in acc.items()})
 
     for label, _, mod in mods:
