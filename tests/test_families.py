@@ -150,3 +150,26 @@ def test_profile_and_generation_profile(family, tokenizer):
     if m.can_generate():
         g = generation_profile(m, tokenizer, prompt_len=8, new_tokens=3, runs=1)
         assert g["tokens_per_s"] > 0 and g["kv_cache_bytes"] > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_decoder_onnx_export_with_kv_cache_generates_the_same_tokens(family, tmp_path, tokenizer):
+    from slimformer.deploy import export_onnx
+    from slimformer.export_generative import OrtDecoder
+
+    m = tiny(family)
+    keep_heads(m, _keep_pattern(m))  # uneven head counts per layer
+    info = export_onnx(m, tokenizer, tmp_path / "m.onnx")
+    assert info["kind"] == "decoder with KV cache" and info["generated_tokens_equal"] and info["max_abs_diff"] < 1e-4
+    prompt = torch.randint(1000, 2000, (1, 5))
+    with torch.no_grad():
+        ref = m.generate(input_ids=prompt, max_new_tokens=5, do_sample=False, num_beams=1)
+    assert (OrtDecoder(tmp_path / "m.onnx").generate(prompt.numpy(), 5) == ref.numpy()).all()
+
+
+def test_encoder_decoder_onnx_export_refuses_in_one_line(tmp_path, tokenizer):
+    from slimformer.deploy import export_onnx
+
+    with pytest.raises(sf.SlimformerError, match="encoder-decoder models is not written yet"):
+        export_onnx(tiny("marian"), tokenizer, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -99,6 +99,22 @@ def _write_graph(model: Any, tokenizer: Any, path: Path, atol: float, optimize: 
             notes.append(f"already an ONNX Runtime INT8 graph: --optimize changes nothing (fused before "
                          f"quantization: {_fusion_text(fusion)})")
         return {"kind": "onnxruntime INT8 graph (as stored)", "max_abs_diff": diff, "notes": notes}
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise SlimformerError("ONNX export of encoder-decoder models is not written yet (encoders and decoder-only "
+                              "language models export); deploy it with slimformer.load or PyTorch")
+    if hasattr(model, "can_generate") and model.can_generate():
+        from .export_generative import check_generation, export_decoder
+
+        if _fbgemm_layers(model):
+            raise SlimformerError("a decoder quantized with torch INT8 kernels has no ONNX form; export the model "
+                                  "before quantize_dynamic (and quantize the ONNX graph with ONNX Runtime)")
+        geo = export_decoder(model, path)
+        checked = check_generation(model, path, min(len(tokenizer), model.config.vocab_size))
+        notes.append(f"KV-cache decoder graph ({geo['layers']} layers); ONNX Runtime's greedy loop "
+                     f"(slimformer.export_generative.OrtDecoder) gives PyTorch's tokens")
+        if checked["max_abs_diff"] > atol:
+            raise SlimformerError(f"ONNX logits differ from PyTorch by {checked['max_abs_diff']:.2e} (> {atol:g})")
+        return {"kind": "decoder with KV cache", "notes": notes, **checked}
     fbgemm = _fbgemm_layers(model)
     if fbgemm:
         return _requantized(model, tokenizer, path, fbgemm, optimize)
