@@ -104,7 +104,8 @@ def profiles() -> dict[str, Any]:
         prof = profile_model(model, tok, seq_len=seq, batch=1, n_threads=THREADS, runs=10)
         out[label] = {"seq_len": seq, "total_ms": round(prof["total"]["ms"], 2),
                       "gflops": round(prof["total"]["flops"] / 1e9, 3),
-                      "by_kind": {k: {kk: round(100 * v, 1) for kk, v in d.items()} for k, d in prof["by_kind"].items()},
+                      "by_kind": {k: {kk: round(100 * v, 1) for kk, v in d.items()}
+                                  for k, d in prof["by_kind"].items()},
                       "latency": prof["total"].get("latency")}
     return out
 
@@ -140,7 +141,8 @@ def markdown() -> str:
                 "test2017 BLEU / chrF |", "|---|---|---|---|---|---|---|",
                 f"| {_size(t['config'])} | {t['params'] / 1e6:.1f}M | {t['size_mb']} | {t['train_minutes']} | "
                 f"{t['dev']['bleu']} / {t['dev']['chrf']} | {t['test_2016_flickr']['bleu']} / "
-                f"{t['test_2016_flickr']['chrf']} | {t['test_2017_flickr']['bleu']} / {t['test_2017_flickr']['chrf']} |",
+                f"{t['test_2016_flickr']['chrf']} | {t['test_2017_flickr']['bleu']} / "
+                f"{t['test_2017_flickr']['chrf']} |",
                 "", f"sacreBLEU signature: `{t['signature']}`", ""]
     if "smollm2" in r:
         s = r["smollm2"]

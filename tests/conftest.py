@@ -57,3 +57,20 @@ def write_tiny_sst2(folder, n: int = 40):
     for split in ("train", "dev", "test"):
         (folder / f"stsa.binary.{split}").write_text(rows + "\n")
     return tasks.load("sst2", folder)
+
+
+@pytest.fixture
+def cli_inputs(tmp_path, tokenizer):
+    """tmp/in holding a saved 2-label tiny BERT (model/), SST-2-format data (data/) and a one-step recipe."""
+    from slimformer import models
+
+    root = tmp_path / "in"
+    models.save(make_tiny_bert(), tokenizer, root / "model")
+    data = root / "data"
+    data.mkdir()
+    lines = "\n".join(f"{i % 2} {'good' if i % 2 else 'bad'} movie {i}" for i in range(16))
+    for split in ("train", "dev", "test"):
+        (data / f"stsa.binary.{split}").write_text(lines + "\n")
+    (root / "r.yaml").write_text("eval: {seq_len: 8, batches: [1], latency_budget_s: 0.02}\n"
+                                 "steps:\n  - {step: drop_layers, keep: 1}\n")
+    return root

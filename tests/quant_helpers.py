@@ -47,7 +47,6 @@ with torch.no_grad():
 def fresh_logits(path: str | Path, texts: list[str]) -> torch.Tensor:
     """Logits of the model saved at path, loaded in a fresh Python process (importing the slimformer under
     test, not whichever one the venv has installed)."""
-    src = str(Path(slimformer.__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", RELOAD, str(path), json.dumps(texts)], capture_output=True,
                          text=True, check=True, env={"SLIMFORMER_QUIET": "1", "HF_HUB_OFFLINE": "1",
                                                      "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",

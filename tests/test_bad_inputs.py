@@ -7,21 +7,13 @@ import time
 import pytest
 from safetensors.torch import load_file, save_file
 
-from slimformer import models
 
 from cli_helpers import invoke, one_error
 
 
 @pytest.fixture
-def tiny(tmp_path, tiny_bert, tokenizer):
-    """A 2-label tiny BERT classifier, SST-2-format data and a one-step recipe, under tmp/in."""
-    models.save(tiny_bert(), tokenizer, tmp_path / "in" / "model")
-    data = tmp_path / "in" / "data"
-    data.mkdir()
-    lines = "\n".join(f"{i % 2} {'good' if i % 2 else 'bad'} movie {i}" for i in range(16))
-    for split in ("train", "dev", "test"):
-        (data / f"stsa.binary.{split}").write_text(lines + "\n")
-    return tmp_path / "in"
+def tiny(cli_inputs):
+    return cli_inputs
 
 
 def _copy_model(tiny, tmp_path, name="m"):
@@ -69,7 +61,8 @@ def test_pickle_only_checkpoint(tiny, tmp_path, capsys):
     (lambda c: c.update(architectures=["GPT2LMHeadModel"]), "names architecture GPT2LMHeadModel"),
     (lambda c: c.update(model_type="albert"), "not supported"),
     (lambda c: c.update(slimformer={"ops": "drop everything"}), "must be a list"),
-    (lambda c: c.update(slimformer={"ops": [{"op": "keep_layers", "args": {"keep": [7]}}]}), "keep_layers) does not apply"),
+    (lambda c: c.update(slimformer={"ops": [{"op": "keep_layers", "args": {"keep": [7]}}]}),
+     "keep_layers) does not apply"),
     (lambda c: c.update(slimformer={"ops": [{"op": "keep_heads", "args": {"wrong": 1}}]}), "does not apply"),
     (lambda c: c.update(slimformer={"ops": [{"op": "no_such_op"}]}), "does not know"),
 ])

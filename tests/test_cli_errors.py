@@ -14,23 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from slimformer import models
 from slimformer.errors import one_line
 
 from cli_helpers import ENV, assert_refused, cli, invoke, one_error, snapshot
 
 
 @pytest.fixture
-def tiny(tmp_path, tiny_bert, tokenizer):
-    models.save(tiny_bert(), tokenizer, tmp_path / "in" / "model")
-    data = tmp_path / "in" / "data"
-    data.mkdir()
-    lines = "\n".join(f"{i % 2} {'good' if i % 2 else 'bad'} movie {i}" for i in range(16))
-    for split in ("train", "dev", "test"):
-        (data / f"stsa.binary.{split}").write_text(lines + "\n")
-    (tmp_path / "in" / "r.yaml").write_text("eval: {seq_len: 8, batches: [1], latency_budget_s: 0.02}\n"
-                                            "steps:\n  - {step: drop_layers, keep: 1}\n")
-    return tmp_path / "in"
+def tiny(cli_inputs):
+    return cli_inputs
 
 
 def test_usage_errors_are_one_line_exit_2():

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import slimformer as sf
-from slimformer import models
 from slimformer.errors import SlimformerError
 from slimformer.recipe import EvalSettings, compress, read_recipe
 from slimformer.steps import REGISTRY, Context, StepConfig, implements, parse_step

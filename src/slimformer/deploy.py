@@ -17,7 +17,6 @@ temporary file, and exporter messages become one complete line.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import tempfile
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SlimformerError, one_line
+from .fsutil import sha256
 from .outputs import check_output, read_marker, write_errors
 
 QUANT_TOLERANCE = 0.1  # |ORT INT8 - FP32| / |FP32| logits on the probe batch (or twice torch INT8's own error)
@@ -46,15 +46,7 @@ def check_export_paths(onnx: str | os.PathLike, inputs: list[Any], overwrite: bo
 def _earlier_export(onnx: Path) -> bool:
     marker = read_marker(tokenizer_dir(onnx))
     return bool(marker and onnx.is_file() and not onnx.is_symlink() and marker.get("onnx") == onnx.name
-                and marker.get("sha256") == _sha256(onnx))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+                and marker.get("sha256") == sha256(onnx))
 
 
 def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float = 1e-4,
@@ -76,7 +68,7 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
                 raise
             except Exception as e:  # the exporters raise many types, with messages of many lines
                 raise SlimformerError(f"ONNX export failed: {one_line(e)}") from e
-            with atomic_dir(tokenizer_dir(onnx), kind="onnx-tokenizer", onnx=onnx.name, sha256=_sha256(tmp)) as td:
+            with atomic_dir(tokenizer_dir(onnx), kind="onnx-tokenizer", onnx=onnx.name, sha256=sha256(tmp)) as td:
                 tokenizer.save_pretrained(td)
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, onnx)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -106,3 +107,12 @@ def weights_size(path: str | os.PathLike) -> int:
         return p.stat().st_size
     exts = {".safetensors", ".onnx", ".bin", ".data", ".pt"}
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in exts)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import check
 from ..models import get_adapter
-from ..steps import Context, StepConfig, implements
+from ..steps import Context, implements
 from ..tasks.text import mlm_blocks, read_text
 from .step import LossTerms, run_distillation
 

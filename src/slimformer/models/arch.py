@@ -184,7 +184,8 @@ class Adapter:
         for s in stacks:
             if s.name == name:
                 return s
-        raise SlimformerError(f"{type(model).__name__} has no {name} stack (it has {', '.join(s.name for s in stacks)})")
+        names = ", ".join(s.name for s in stacks)
+        raise SlimformerError(f"{type(model).__name__} has no {name} stack (it has {names})")
 
     def layers(self, model: nn.Module, stack: str | None = None) -> nn.ModuleList:
         return self.stack(model, stack).layers
@@ -372,10 +373,11 @@ class Adapter:
         ffn = {f.unit: f.width for f in self.ffn(model)}
         out: dict[str, Any] = {"model_type": model.config.model_type, "stacks": {}}
         for st in self.stacks(model):
+            mine = [a for a in att if a.unit.startswith(st.name + ".")]
             out["stacks"][st.name] = {
                 "layers": len(st.layers),
-                "heads": {a.unit: a.heads for a in att if a.unit.startswith(st.name + ".")},
-                "kv_heads": {a.unit: a.kv_heads for a in att if a.unit.startswith(st.name + ".") and a.kv_heads != a.heads},
+                "heads": {a.unit: a.heads for a in mine},
+                "kv_heads": {a.unit: a.kv_heads for a in mine if a.kv_heads != a.heads},
                 "ffn": {u: w for u, w in ffn.items() if u.startswith(st.name + ".")},
                 "gated_ffn": any(len(f.up) > 1 for f in self.ffn(model) if f.unit.startswith(st.name + ".")),
             }

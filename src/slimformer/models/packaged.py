@@ -6,13 +6,13 @@ before use, and a mismatch is an error.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SlimformerError
+from ..fsutil import sha256
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,6 @@ def package_dir(name: str) -> Path:
     if spec is None or not spec.origin:
         raise SlimformerError(f"'{name}' needs the PyPI package {p.pypi}")
     return Path(spec.origin).parent
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verified_file(name: str) -> Path:

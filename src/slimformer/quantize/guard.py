@@ -140,7 +140,8 @@ def check_accuracy(reference: nn.Module | Callable, quantized: nn.Module | Calla
             worst = sorted(errs.items(), key=lambda kv: -kv[1])[:top]
             report["suspects"] = [{"layer": n, "rel_error": round(e, 4)} for n, e in worst]
         names = ", ".join(f"{s['layer']} ({s['rel_error']:.3f})" for s in report["suspects"]) or "unknown"
-        bad = "; ".join(f"{r['metric']} {r['before']:.4f} -> {r['after']:.4f} ({r['change']})" for r in rows if r["over"])
+        bad = "; ".join(f"{r['metric']} {r['before']:.4f} -> {r['after']:.4f} ({r['change']})"
+                        for r in rows if r["over"])
         cls = "; ".join(f"class {c['class']} recall -{c['drop_points']:.1f} pt" for c in classes)
         msg = (f"QUANTIZATION ACCURACY WARNING on {split}: {'; '.join(x for x in (bad, cls) if x)} "
                f"(tolerance {tolerance:g}). Layers with the largest quantization error: {names}. Exclude them "

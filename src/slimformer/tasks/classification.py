@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ..errors import SlimformerError, check
 from .base import Example, Task

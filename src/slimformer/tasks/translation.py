@@ -59,8 +59,8 @@ class TranslationTask(Task):
 
         return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, pad_to_multiple_of=8)
 
-    def translate(self, model: Any, tokenizer: Any, sources: Sequence[str], max_len: int = 128, beams: int | None = None,
-                  batch_size: int = 32, max_new_tokens: int | None = None) -> list[str]:
+    def translate(self, model: Any, tokenizer: Any, sources: Sequence[str], max_len: int = 128,
+                  beams: int | None = None, batch_size: int = 32, max_new_tokens: int | None = None) -> list[str]:
         """Decoded translations, in input order (length-sorted batches)."""
         from ..progress import track
 
