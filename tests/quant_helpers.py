@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-import slimformer
 from slimformer.tasks import Example, TaskData
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")  # the fresh process loads the source under test
