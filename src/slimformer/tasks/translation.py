@@ -151,7 +151,8 @@ def _table(path: Path, src: str | None, tgt: str | None) -> tuple[list[Pair], st
         first = records[0]
     cols = list(first)
     src = src or ("source" if "source" in cols else cols[0])
-    tgt = tgt or ("target" if "target" in cols else next(c for c in cols if c != src))
+    tgt = tgt or ("target" if "target" in cols else next((c for c in cols if c != src), None))
+    check(tgt is not None, f"{path}: need a column per language (found only {', '.join(cols)})")
     check(src in cols and tgt in cols, f"{path}: no columns {src!r} and {tgt!r} (found {', '.join(cols)})")
     out = []
     for i, r in enumerate(records):
