@@ -66,9 +66,13 @@ def generation_profile(model: nn.Module, tokenizer: Any, prompt_len: int = 128, 
     model.eval()
     inputs = dummy_inputs(tokenizer, batch, prompt_len, model=model)
     seq2seq = bool(model.config.is_encoder_decoder)
+    from .cpuload import CpuSample, others_cores, resolution_cores, usable_cores
+    from .reliability import MachineLoad, machine_problems, sample_problems, spread
+
     prefill, decode, kv = [], [], 0
     start = torch.full((batch, 1), int(model.config.decoder_start_token_id or 0)) if seq2seq else None
-    with threads(n_threads) as nt, torch.inference_mode():
+    with threads(n_threads or usable_cores()) as nt, torch.inference_mode():
+        before = CpuSample.take()
         for r in range(runs + 1):  # the first run warms up
             t = time.perf_counter()
             if seq2seq:
@@ -82,13 +86,18 @@ def generation_profile(model: nn.Module, tokenizer: Any, prompt_len: int = 128, 
                                        inputs["attention_mask"])
             if r > 0:
                 prefill.append(ms)
-                decode.append(statistics.median(steps))
+                decode.extend(steps)
                 kv = cache_bytes(cache)
+        after = CpuSample.take()
+    load = MachineLoad(nt, usable_cores(), after.cpus, others_cores(before, after),
+                       resolution_cores(after.cpus, after.wall - before.wall), before.load1, after.load1)
+    problems = machine_problems(load) + sample_problems(decode)
     per_token = statistics.median(decode)
     return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "threads": nt, "runs": runs,
             "encoder_ms" if seq2seq else "prefill_ms": round(statistics.median(prefill), 3),
             "decode_ms_per_token": round(per_token, 3), "tokens_per_s": round(1000.0 * batch / per_token, 2),
-            "kv_cache_bytes": kv}
+            "kv_cache_bytes": kv, "decode_spread": spread(decode), "reliable": not problems,
+            "warning": "; ".join(p[1] for p in sorted(problems, reverse=True))}
 
 
 @torch.inference_mode()
