@@ -5,6 +5,7 @@ physical removal; a gated FFN pruned equals the masked one; layers dropped per s
 reloads with identical outputs (and identical greedy generations for generative models)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,9 +168,19 @@ def test_decoder_onnx_export_with_kv_cache_generates_the_same_tokens(family, tmp
     assert (OrtDecoder(tmp_path / "m.onnx").generate(prompt.numpy(), 5) == ref.numpy()).all()
 
 
-def test_encoder_decoder_onnx_export_refuses_in_one_line(tmp_path, tokenizer):
+@pytest.mark.parametrize("family", ["marian", "t5"])
+def test_encoder_decoder_onnx_export_with_kv_cache_translates_the_same(family, tmp_path, tokenizer):
     from slimformer.deploy import export_onnx
+    from slimformer.export_generative import OrtSeq2Seq
 
-    with pytest.raises(sf.SlimformerError, match="encoder-decoder models is not written yet"):
-        export_onnx(tiny("marian"), tokenizer, tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
+    m = tiny(family)
+    keep_heads(m, _keep_pattern(m))  # self and cross attention pruned differently per layer
+    info = export_onnx(m, tokenizer, tmp_path / "m.onnx")
+    assert info["kind"] == "encoder-decoder with KV cache" and info["generated_tokens_equal"]
+    assert sorted(f.name for f in tmp_path.glob("*.onnx")) == ["m.decoder-init.onnx", "m.decoder.onnx", "m.onnx"]
+    ids = torch.randint(1000, 2000, (1, 6))
+    with torch.no_grad():
+        ref = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                         num_beams=1, forced_eos_token_id=None)
+    got = OrtSeq2Seq(tmp_path / "m.onnx").generate(ids.numpy(), np.ones((1, 6), np.int64), 5)
+    assert (got == ref.numpy()).all()

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import SlimformerError, one_line
+from .errors import SlimformerError, check, one_line
 from .fsutil import sha256
 from .outputs import check_output, read_marker, write_errors
 
@@ -63,20 +63,26 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
             try:
                 with warnings.catch_warnings():  # exporter warnings are noise to a user; results are checked
                     warnings.simplefilter("ignore")
-                    info = _write_graph(model, tokenizer, tmp, atol, optimize)
+                    info = _write_graph(model, tokenizer, tmp, atol, optimize, onnx)
             except SlimformerError:
                 raise
             except Exception as e:  # the exporters raise many types, with messages of many lines
                 raise SlimformerError(f"ONNX export failed: {one_line(e)}") from e
+            extra = [(Path(d) / Path(f).name.replace(onnx.stem, "model", 1), Path(f)) for f in info.pop("extra", [])]
+            for _, dst in extra:
+                check(not dst.exists() or _earlier_export(onnx), f"{dst} exists (an encoder-decoder export writes "
+                      f"it beside {onnx.name}); move it or choose another name")
             with atomic_dir(tokenizer_dir(onnx), kind="onnx-tokenizer", onnx=onnx.name, sha256=sha256(tmp)) as td:
                 tokenizer.save_pretrained(td)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, onnx)
-    info["bytes"] = onnx.stat().st_size
+            for f, dst in [(tmp, onnx), *extra]:
+                os.chmod(f, 0o666 & ~_umask())
+                os.replace(f, dst)
+    info["bytes"] = sum(f.stat().st_size for f in [onnx, *(dst for _, dst in extra)])
     return info
 
 
-def _write_graph(model: Any, tokenizer: Any, path: Path, atol: float, optimize: bool) -> dict[str, Any]:
+def _write_graph(model: Any, tokenizer: Any, path: Path, atol: float, optimize: bool, final_name: Path
+                 ) -> dict[str, Any]:
     from .export import parity, to_onnx
     from .quantize.onnx_backend import is_onnx
 
@@ -91,15 +97,24 @@ def _write_graph(model: Any, tokenizer: Any, path: Path, atol: float, optimize: 
             notes.append(f"already an ONNX Runtime INT8 graph: --optimize changes nothing (fused before "
                          f"quantization: {_fusion_text(fusion)})")
         return {"kind": "onnxruntime INT8 graph (as stored)", "max_abs_diff": diff, "notes": notes}
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise SlimformerError("ONNX export of encoder-decoder models is not written yet (encoders and decoder-only "
-                              "language models export); deploy it with slimformer.load or PyTorch")
-    if hasattr(model, "can_generate") and model.can_generate():
+    generative = hasattr(model, "can_generate") and model.can_generate()
+    if generative and _fbgemm_layers(model):
+        raise SlimformerError("a generative model quantized with torch INT8 kernels has no ONNX form; export the "
+                              "model before quantize_dynamic (and quantize the ONNX graphs with ONNX Runtime)")
+    if generative and getattr(model.config, "is_encoder_decoder", False):
+        from .export_generative import check_translation, export_seq2seq, seq2seq_paths
+
+        geo = export_seq2seq(model, path)
+        checked = check_translation(model, path, min(len(tokenizer), model.config.vocab_size))
+        finals = seq2seq_paths(final_name)
+        notes.append(f"encoder + first decoder step + decoder step with the KV cache ({geo['layers']} decoder "
+                     f"layers): {', '.join(f.name for f in finals)}; slimformer.export_generative.OrtSeq2Seq runs "
+                     f"the greedy loop, checked against PyTorch's tokens")
+        return {"kind": "encoder-decoder with KV cache", "notes": notes, "max_abs_diff": 0.0,
+                "extra": [str(f) for f in finals[1:]], **checked}
+    if generative:
         from .export_generative import check_generation, export_decoder
 
-        if _fbgemm_layers(model):
-            raise SlimformerError("a decoder quantized with torch INT8 kernels has no ONNX form; export the model "
-                                  "before quantize_dynamic (and quantize the ONNX graph with ONNX Runtime)")
         geo = export_decoder(model, path)
         checked = check_generation(model, path, min(len(tokenizer), model.config.vocab_size))
         notes.append(f"KV-cache decoder graph ({geo['layers']} layers); ONNX Runtime's greedy loop "

@@ -34,7 +34,7 @@ def _select_heads_pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple,
         past = 0
         if cache is not None and kv is None:
             sa = getattr(cache, "self_attention_cache", cache)
-            past = int(sa.get_seq_length(mod.layer_idx))
+            past = sa.get_seq_length(mod.layer_idx)  # symbolic under torch.export: no int()
         q_len = hs.shape[1]
         k_len = kv.shape[1] if kv is not None else past + q_len
         if mod.has_relative_attention_bias:
