@@ -90,3 +90,21 @@ def test_step_works_or_refuses_in_one_line(step, shape, tokenizer, tmp_path):
     sf.save(out, tokenizer, tmp_path / "m")
     reloaded, _ = sf.load(str(tmp_path / "m"))
     torch.testing.assert_close(logits(reloaded, batch), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", ["encoder-decoder", "decoder"])
+def test_a_recipe_runs_end_to_end_on_a_generative_shape(shape, tokenizer, tmp_path):
+    from slimformer.recipe import EvalSettings, compress
+
+    model = tiny(SHAPES[shape])
+    steps = [{"step": "prune_heads", "keep": 0.5, "importance_examples": 8, "batch_size": 4},
+             {"step": "distill", "kd": 1, "ce": 0.5, "max_steps": 2, "batch_size": 4},
+             {"step": "quantize_dynamic", "guard": True, "tolerance": 100.0}]
+    ev = EvalSettings(max_examples=4, seq_len=8, batches=[1], latency_budget_s=0.05, max_len=16)
+    res = compress(model, tokenizer, steps, tmp_path / "out", _task(shape), ev, seed=1)
+    metric = "bleu" if shape == "encoder-decoder" else "perplexity"
+    assert [r["step"] for r in res.rows] == ["input", "prune_heads", "distill", "quantize_dynamic"]
+    assert all(metric in r["metrics"] for r in res.rows) and res.rows[1]["params"] < res.rows[0]["params"]
+    reloaded, _ = sf.load(str(tmp_path / "out"))
+    batch = inputs(reloaded, seq=8)
+    torch.testing.assert_close(logits(reloaded, batch), logits(res.model, batch), atol=1e-5, rtol=0)
