@@ -114,7 +114,10 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
              max_train_examples: Optional[int] = typer.Option(None, help="train on a random subset"),
              label_smoothing: float = typer.Option(0.0, min=0.0, max=0.99, help="label-smoothed cross-entropy"),
              resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint of an "
-                                         "interrupted run (kept in .OUT.train/ until the run succeeds)"),
+                                         "interrupted run (kept in .OUT.train/ until the run succeeds; "
+                                         "without --resume they are dropped)"),
+             save_steps: Optional[int] = typer.Option(None, min=1, help="checkpoint every N optimizer steps (for "
+                                                      "--resume); default: a tenth of the run, 1 to 200"),
              threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP),
              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
              from_config: Optional[str] = typer.Option(None, "--from-config", help="translation: train a new "
@@ -130,6 +133,19 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
     check_output(out, [model, data], overwrite)
     work = _work_dir(out, "train")
     check_work_dir(work, [model, data])
+    from .runlock import run_lock
+
+    with run_lock(work, out):  # one run per output: a second one fails at once
+        _finetune(model, task, data, out, work, resume, threads, from_config,
+                  dict(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed,
+                       max_train_examples=max_train_examples, label_smoothing=label_smoothing, save_steps=save_steps),
+                  dict(text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
+                       beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens))
+
+
+def _finetune(model: str, task: str, data: str, out: Path, work: Path, resume: bool, threads: Optional[int],
+              from_config: Optional[str], train: dict[str, Any], options: dict[str, Any]) -> None:
+    """The body of `finetune` (which holds the work directory's lock)."""
     _setup(threads)
     from . import models
     from .evaluate import evaluate_task
@@ -137,22 +153,25 @@ def finetune(model: str = typer.Argument(..., help=MODEL_HELP),
     from .progress import console
     from .train import TrainConfig, finetune as run_finetune, is_main_process, set_seed
 
-    td = _task(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
-               beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed,
-                      max_train_examples=max_train_examples, label_smoothing=label_smoothing)
-    set_seed(seed)  # a newly created head starts from the same weights for the same seed
+    td = _task(task, data, **options)
+    cfg = TrainConfig(**train)
+    set_seed(cfg.seed)  # a newly created head starts from the same weights for the same seed
     if from_config:
         from .models.scratch import translation_model
 
-        m, tok = translation_model(td, from_config, seed)
+        m, tok = translation_model(td, from_config, cfg.seed)
     else:
         m, tok = models.load(model, task=td)
-    models.io.check_positions(m, **{"--max-len": max_len})
+    models.io.check_positions(m, **{"--max-len": cfg.max_len})
+    old = work / "checkpoints"
+    if not resume and is_main_process() and old.is_dir() and any(old.iterdir()):
+        console.print(f"[yellow]starting afresh: removing the checkpoints of an earlier run in {old} (pass --resume "
+                      f"to continue it instead)[/]", soft_wrap=True)  # else a later --resume could pick them
+        shutil.rmtree(old)
     with write_errors(out, cleanup=[work]):
         m, stats = run_finetune(m, tok, td, cfg, work, resume=resume)
         if is_main_process():
-            metrics = evaluate_task(m, tok, td, None, max_len)
+            metrics = evaluate_task(m, tok, td, None, cfg.max_len)
             models.save(m, tok, out)
             write_json(out / "train_stats.json", {"config": cfg.model_dump(), "stats": stats, "eval": metrics})
     if is_main_process():
@@ -218,9 +237,11 @@ def compress(model: str = typer.Argument(..., help=MODEL_HELP),
     from .recipe import run_recipe_file
     from .report import comparison_line
 
+    from .runlock import run_lock
+
     options = dict(text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode, src=src, tgt=tgt,
                    beams=beams, context=context, stride=stride, max_eval_tokens=max_eval_tokens)
-    with write_errors(out, cleanup=[work]):
+    with run_lock(work, out), write_errors(out, cleanup=[work]):  # one run per output: a second fails at once
         result = run_recipe_file(model, recipe, out, task, data, restart,
                                  {k: v for k, v in options.items() if v is not None})
     console.print(comparison_line(result.comparison))

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +27,8 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None, **meta: Any) -> 
     out = given.resolve()
     with write_errors(given):
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        recover_killed_writes(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         with write_errors(given):
             yield tmp
@@ -52,6 +54,35 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None, **meta: Any) -> 
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_killed_writes(out: Path) -> None:
+    """Tidy what an atomic_dir of `out` killed by SIGKILL left: its temporary folder is removed and, when it
+    died between moving the previous `out` aside and renaming the new one in, the previous one is put back.
+    Only folders named with the pid of a process that no longer runs are touched."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:(old)-(\d+)|tmp-(\d+)-\w{{8}})")
+    try:
+        found = [(m, out.parent / m.group(0)) for n in os.listdir(out.parent) if (m := pattern.fullmatch(n))]
+    except OSError:
+        return
+    for m, path in sorted(found, key=lambda f: f[0].group(1) is None):  # put an old output back first
+        kind = "old" if m.group(1) else "tmp"
+        if _alive(int(m.group(2) or m.group(3))):
+            continue
+        if kind == "old" and not os.path.lexists(out):
+            os.replace(path, out)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _guess_kind(d: Path) -> str:

@@ -30,7 +30,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import models
+from . import ledger, models
 from .bench import compare_latency
 from .errors import SlimformerError, check
 from .evaluate import evaluate_task
@@ -38,6 +38,7 @@ from .fsutil import atomic_dir, write_json
 from .models.io import num_params, save
 from .progress import console
 from .reliability import RUN_DRIFT, speedup
+from .runlock import clear_work_dir, run_lock
 from .steps import Context, StepConfig, apply_step, parse_step
 from .tasks import Task
 from .tasks import load as load_task
@@ -183,8 +184,15 @@ def compress(
     preflight(model, cfgs, task, ev)
     out = Path(out).resolve()
     work = out.parent / f".{out.name}.work"
-    if restart and work.exists():
-        shutil.rmtree(work)
+    with run_lock(work, out):  # one run per output: a second one fails at once
+        if restart:
+            clear_work_dir(work)
+        return _run(model, tokenizer, cfgs, out, work, task, ev, seed, recipe_text)
+
+
+def _run(model: torch.nn.Module, tokenizer: Any, cfgs: list[StepConfig], out: Path, work: Path, task: Task | None,
+         ev: EvalSettings, seed: int, recipe_text: str | None) -> Result:
+    """The runner proper (compress holds the work directory's lock)."""
     work.mkdir(parents=True, exist_ok=True)
     ledger_path = work / "ledger.jsonl"
     teacher = copy.deepcopy(model).eval()
@@ -194,19 +202,20 @@ def compress(
     ctx = Context(tokenizer=tokenizer, task=task, work_dir=work, teacher=teacher, seed=seed, max_len=ev.max_len)
 
     rows, start = _resume(ledger_path, cfgs, work)
+    ledger.rewrite(ledger_path, rows)  # exactly the rows resumed from: no torn line, no stale rows
     if start > 0:
-        console.print(f"[yellow]resuming after step {start} ({cfgs[start - 1].step}) from {work}")
+        console.print(f"[yellow]resuming after step {start} ({cfgs[start - 1].step}) from {work}", soft_wrap=True)
         current, _ = models.load(str(work / f"after-{start:02d}"))
     if not rows:
         console.print("[bold]measuring the input model")
         rows.append({"index": 0, "step": "input", "config": {}, **measure(current, tokenizer, task, ev)})
-        _append(ledger_path, rows[-1])
+        ledger.append(ledger_path, rows[-1])
     for i in range(start, len(cfgs)):
         cfg = cfgs[i]
         console.print(f"[bold]step {i + 1}/{len(cfgs)}: {cfg.describe()}")
         ctx.info = {}
-        ctx.resume = True  # a step interrupted mid-training continues from its own checkpoints
         ctx.work_dir = work / f"step-{i + 1:02d}-{cfg.step}-{_digest(cfgs, i)}"
+        ctx.resume = ctx.work_dir.exists()  # a step interrupted mid-training continues from its checkpoints
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         current = apply_step(current, cfg, ctx)
@@ -217,7 +226,7 @@ def compress(
         if task is not None and ev.tolerance is not None:
             row["guard"] = step_guard(task, rows[0], row, ev.tolerance)
         rows.append(row)
-        _append(ledger_path, row)
+        ledger.append(ledger_path, row)
         from .report import print_ledger
 
         print_ledger(rows)
@@ -291,16 +300,9 @@ def _final_comparison(before: torch.nn.Module, after: torch.nn.Module, tokenizer
     return comp
 
 
-def _append(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
-
-
-def _resume(ledger: Path, cfgs: list[StepConfig], work: Path) -> tuple[list[dict[str, Any]], int]:
+def _resume(ledger_path: Path, cfgs: list[StepConfig], work: Path) -> tuple[list[dict[str, Any]], int]:
     """Rows of finished steps whose recipe prefix is unchanged and whose checkpoint exists."""
-    if not ledger.exists():
-        return [], 0
-    rows = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    rows = ledger.read(ledger_path)
     kept = [r for r in rows if r.get("index") == 0][:1]
     for r in rows:
         i = r.get("index", 0)

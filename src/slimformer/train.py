@@ -5,6 +5,7 @@ Distillation and quantization-aware training reuse `make_trainer` with their own
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import checkpoints
+from .checkpoints import atomic_trainer
 from .data import EncodedDataset
 from .tasks.base import Task
 
@@ -31,7 +34,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     max_steps: int = -1
     max_train_examples: int | None = Field(None, ge=1, description="train on the first N (shuffled) examples")
-    save_steps: int = Field(200, ge=1, description="checkpoint every N steps (for --resume)")
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps (for resume); "
+                                   "default: about every 10% of the run, at least 1 and at most 200 steps")
     eval_each_epoch: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label-smoothed cross-entropy (translation: 0.1)")
 
@@ -53,7 +57,29 @@ def train_dataset(tokenizer: Any, task: Task, cfg: TrainConfig) -> EncodedDatase
     return task.encode(tokenizer, examples, cfg.max_len)
 
 
-def training_args(cfg: TrainConfig, out_dir: str | Path, **overrides: Any) -> Any:
+MAX_SAVE_STEPS = 200
+
+
+def total_steps(cfg: TrainConfig, n_examples: int) -> int:
+    """Optimizer steps of the run, as the Trainer counts them (max_steps, else epochs x batches per epoch)."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = max(1, math.ceil(n_examples / (cfg.batch_size * int(os.environ.get("WORLD_SIZE", "1")))))
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def save_every(cfg: TrainConfig, n_examples: int | None) -> int:
+    """Checkpoint interval: cfg.save_steps, else a tenth of the run rounded down (so every 5-10% of it for
+    runs of 10 to 2000 steps), at least 1, at most 200: a short run killed half-way loses little."""
+    if cfg.save_steps is not None:
+        return cfg.save_steps
+    if n_examples is None:
+        return MAX_SAVE_STEPS
+    return max(1, min(MAX_SAVE_STEPS, total_steps(cfg, n_examples) // 10))
+
+
+def training_args(cfg: TrainConfig, out_dir: str | Path, n_examples: int | None = None, **overrides: Any) -> Any:
+    """TrainingArguments for cfg; n_examples (the training set's size) sets the default checkpoint interval."""
     from transformers import TrainingArguments
 
     args = dict(
@@ -68,7 +94,7 @@ def training_args(cfg: TrainConfig, out_dir: str | Path, **overrides: Any) -> An
         seed=cfg.seed,
         data_seed=cfg.seed,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=save_every(cfg, n_examples),
         save_total_limit=2,
         eval_strategy="no",
         logging_strategy="steps",
@@ -137,24 +163,41 @@ def make_trainer(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: TrainC
     callbacks = list(callbacks or [])
     if cfg.eval_each_epoch:
         callbacks.append(EvalCallback(task, tokenizer, cfg.max_len))
-    cls = trainer_class(task, trainer_cls)
-    args = training_args(cfg, out_dir)
+    cls = atomic_trainer(trainer_class(task, trainer_cls))
+    args = training_args(cfg, out_dir, len(train_ds))
     if task.uses_custom_loss():
         args.remove_unused_columns = False  # the task's loss reads columns the model's forward does not take
     return cls(model=model, args=args, train_dataset=train_ds, data_collator=task.collator(tokenizer, model),
                callbacks=callbacks, **trainer_kwargs)
 
 
-def last_checkpoint(out_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_checkpoint(out_dir: str | Path, move_broken: bool = True) -> str | None:
+    """The newest whole checkpoint of the run in out_dir (broken ones skipped with a warning, moved aside)."""
+    return checkpoints.last_checkpoint(Path(out_dir) / "checkpoints", move_broken)
 
-    ck = Path(out_dir) / "checkpoints"
-    return get_last_checkpoint(str(ck)) if ck.is_dir() else None
+
+def resume_point(trainer: Any, out_dir: str | Path) -> str | None:
+    """The checkpoint to resume from, the same on every rank (the main process checks and moves broken
+    ones aside first); says so when there is none."""
+    from .progress import console
+
+    ck = last_checkpoint(out_dir) if is_main_process() else None
+    trainer.accelerator.wait_for_everyone()
+    if not is_main_process():
+        return last_checkpoint(out_dir, move_broken=False)
+    if ck is None:
+        console.print(f"no checkpoint found in {Path(out_dir) / 'checkpoints'}, starting from scratch",
+                      soft_wrap=True)
+    else:
+        console.print(f"[yellow]resuming from {ck}[/]", soft_wrap=True)
+    return ck
 
 
 def run_training(trainer: Any, out_dir: str | Path, resume: bool) -> dict[str, Any]:
-    """Train, resuming from the newest checkpoint under out_dir when asked and one exists."""
-    ck = last_checkpoint(out_dir) if resume else None
+    """Train, resuming from the newest whole checkpoint under out_dir when asked and one exists."""
+    if not isinstance(trainer, checkpoints.AtomicCheckpoints):
+        raise TypeError(f"{type(trainer).__name__} must mix in checkpoints.AtomicCheckpoints (atomic_trainer)")
+    ck = resume_point(trainer, out_dir) if resume else None
     result = trainer.train(resume_from_checkpoint=ck)
     return {"train_runtime_s": result.metrics.get("train_runtime"),
             "train_samples_per_second": result.metrics.get("train_samples_per_second"),

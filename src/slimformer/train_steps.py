@@ -20,13 +20,16 @@ class Finetune(StepConfig):
     batch_size: int = Field(32, ge=1)
     max_train_examples: int | None = Field(None, ge=1)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps (for resume); "
+                                   "default: about every 10% of the run, 1 to 200")
 
 
 @implements(Finetune)
 def finetune_step(model: nn.Module, cfg: Finetune, ctx: Context) -> nn.Module:
     task = ctx.require_task(cfg.step)
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_len=ctx.max_len, seed=ctx.seed,
-                       max_train_examples=cfg.max_train_examples, warmup_ratio=cfg.warmup_ratio)
+                       max_train_examples=cfg.max_train_examples, warmup_ratio=cfg.warmup_ratio,
+                       save_steps=cfg.save_steps)
     model, stats = finetune(model, ctx.tokenizer, task, tcfg, ctx.work_dir / "train", resume=ctx.resume)
     ctx.note("train", stats)
     return model

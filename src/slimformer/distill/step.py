@@ -42,7 +42,8 @@ class LossTerms(StepConfig):
     batch_size: int = Field(32, ge=1)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_steps: int = -1
-    save_steps: int = Field(200, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps (for resume); "
+                                   "default: about every 10% of the run, 1 to 200")
 
     @model_validator(mode="after")
     def _some_term(self) -> "LossTerms":
@@ -129,7 +130,7 @@ def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, tra
     n_proj = attach_projections(student, teacher, pairs, ns, seed, w) if w.needs_hidden else 0
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_len=max_len, seed=seed,
                        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, save_steps=cfg.save_steps)
-    args = training_args(tcfg, out_dir)
+    args = training_args(tcfg, out_dir, len(train_ds))
     args.remove_unused_columns = False  # else the Trainer's collator wrapper drops sf_index (the cache key)
     trainer = DistillTrainer(model=student, args=args, train_dataset=train_ds,
                              data_collator=collate, teacher=teacher, weights=w, layer_map=pairs,

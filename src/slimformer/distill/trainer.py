@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from ..checkpoints import AtomicCheckpoints
 from ..errors import SlimformerError
 from . import losses as L
 from .layer_map import Pairs
@@ -120,9 +121,15 @@ def teacher_logits_cache(teacher: nn.Module, dataset: Any, collate: Any, path: P
 
     fp = _fingerprint(dataset)
     if path.is_file():
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("fingerprint") == fp:
-                return f.get_tensor("logits")
+        try:
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("fingerprint") == fp:
+                    return f.get_tensor("logits")
+        except Exception as e:  # a truncated or garbled cache (SafetensorError): computed again below
+            from ..errors import one_line
+            from ..progress import console
+
+            console.print(f"[yellow]warning: ignoring the unreadable teacher cache {path} ({one_line(e)})[/]")
     teacher.eval()
     out = []
     with torch.no_grad():
@@ -139,7 +146,7 @@ def teacher_logits_cache(teacher: nn.Module, dataset: Any, collate: Any, path: P
     return logits
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(AtomicCheckpoints, Trainer):
     """Trainer with a distillation loss; pass teacher, weights, layer_map (and optionally cached logits)."""
 
     target = "logits"  # logits (softmax KL) | token_logits (per-token KL) | regression (MSE)

@@ -70,6 +70,8 @@ class PruneUnstructured(StepConfig):
     rewind_steps: int | None = Field(None, ge=0, description="fine-tuning steps after rewinding (default: "
                                      "recovery_steps)")
     score_examples: int = Field(256, ge=1, description="task examples the movement score is summed over")
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N recovery steps (for resume); "
+                                   "default: about every 10% of the run, 1 to 200")
 
     @field_validator("criterion", mode="before")
     @classmethod
@@ -274,7 +276,7 @@ def _recover(model: nn.Module, cfg: PruneUnstructured, n_steps: int, callback: A
     from ..train import TrainConfig, finetune
 
     tcfg = TrainConfig(max_steps=n_steps, lr=cfg.recovery_lr, batch_size=cfg.batch_size, max_len=max_len, seed=seed,
-                       max_train_examples=n_steps * cfg.batch_size)
+                       max_train_examples=n_steps * cfg.batch_size, save_steps=cfg.save_steps)
     model, stats = finetune(model, tokenizer, task, tcfg, out, resume=resume, callbacks=[callback])
     return stats.get("train_loss")
 

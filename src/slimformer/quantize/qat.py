@@ -114,6 +114,8 @@ class QuantizeQAT(QuantStep):
     max_len: int | None = Field(None, ge=8, description="training sequence length (default: the recipe's)")
     max_train_examples: int | None = Field(None, ge=1)
     max_steps: int = -1
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps (for resume); "
+                                   "default: about every 10% of the run, 1 to 200")
     distill: bool = Field(False, description="distil from the FP32 model that entered the recipe")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss")
     temperature: float = Field(2.0, gt=0)
@@ -128,7 +130,8 @@ def quantize_qat_step(model: nn.Module, cfg: QuantizeQAT, ctx: Context) -> nn.Mo
     before = copy.deepcopy(model) if cfg.guard else None
     prepare_qat(model, cfg.targets(model), cfg.embeddings)
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_len=cfg.max_len or ctx.max_len,
-                       seed=ctx.seed, max_train_examples=cfg.max_train_examples, max_steps=cfg.max_steps)
+                       seed=ctx.seed, max_train_examples=cfg.max_train_examples, max_steps=cfg.max_steps,
+                       save_steps=cfg.save_steps)
     teacher = ctx.original().eval() if cfg.distill else None
     trainer = make_trainer(model, ctx.tokenizer, task, tcfg, ctx.work_dir / "qat", trainer_cls=QATTrainer,
                            teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature)
