@@ -43,7 +43,8 @@ CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
 def test_every_step_is_in_the_matrix():
     from slimformer.steps import known_steps
 
-    assert set(known_steps()) == set(CASES)
+    shipped = {s for s in known_steps() if not s.startswith("test_")}  # tests register their own steps
+    assert shipped == set(CASES)
 
 
 def _task(shape: str):
