@@ -1,8 +1,11 @@
-"""Drop whole Transformer layers (Sajjad et al.: top / bottom / alternate strategies, or an explicit list)."""
+"""Drop whole Transformer layers: fixed strategies (Sajjad et al.: top / bottom / alternate), an explicit list, or
+`block_influence` (ShortGPT, Men et al. 2024): drop the layers whose output is most like their input, BI =
+1 - mean cos(x_in, x_out) over the calibration tokens, measured once on the unpruned model."""
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import torch
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -17,8 +20,13 @@ class DropLayers(StepConfig):
     step: ClassVar[str] = "drop_layers"
     keep: float | None = Field(None, gt=0, description="layers to keep: a count >= 1 or a ratio in (0, 1)")
     drop: list[int] | None = Field(None, description="explicit layer indices to drop (0-based)")
-    strategy: Literal["top", "bottom", "alternate"] = "top"
+    strategy: Literal["top", "bottom", "alternate", "block_influence"] = "top"
     stack: str | None = Field(None, description="encoder or decoder (required for an encoder-decoder model)")
+    calib_examples: int = Field(64, ge=1, description="block_influence: train examples it is measured on")
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        return self.strategy == "block_influence" and self.drop is None
 
     def preflight(self, model: nn.Module, task: object) -> None:
         stack = stack_of(model, self.stack, self.step)
@@ -93,6 +101,54 @@ def drop_layers(model: nn.Module, cfg: DropLayers, ctx: Context) -> nn.Module:
         assert cfg.keep is not None
         count = int(cfg.keep) if cfg.keep >= 1 else max(1, round(cfg.keep * n))
         check(count <= n, f"drop_layers: keep={count} but the {stack} has only {n} layers")
-        keep = layers_to_keep(n, count, cfg.strategy)
+        if cfg.strategy == "block_influence":
+            from ..quantize.guard import calibration_batches
+
+            batches = calibration_batches(ctx.tokenizer, ctx.require_task(cfg.step), cfg.calib_examples,
+                                          ctx.max_len, seed=ctx.seed, model=model)
+            bi = block_influence(model, batches, stack)
+            ctx.note("block_influence", [round(b, 5) for b in bi])
+            keep = sorted(sorted(range(n), key=lambda i: -bi[i])[:count])
+        else:
+            keep = layers_to_keep(n, count, cfg.strategy)
     ctx.note("kept_layers", keep)
     return keep_layers(model, keep, stack)
+
+
+@torch.no_grad()
+def block_influence(model: nn.Module, batches: list[dict[str, torch.Tensor]], stack: str | None = None) -> list[float]:
+    """ShortGPT's Block Influence of each layer of a stack: 1 - mean cosine of its input and output hidden states
+    over the non-padding tokens (low: the layer changes little and is the first to drop)."""
+    layers = list(get_adapter(model).layers(model, stack_of(model, stack, "block_influence")))
+    sums = [0.0] * len(layers)
+    count = [0] * len(layers)
+    state: dict[str, Any] = {}
+
+    def hooks(i: int) -> tuple[Any, Any]:
+        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            state[i] = args[0] if args else kwargs["hidden_states"]
+
+        def post(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            y = out[0] if isinstance(out, (tuple, list)) else out
+            cos = torch.nn.functional.cosine_similarity(state.pop(i).float(), y.float(), dim=-1)
+            mask = state.get("mask")
+            cos = cos[mask] if mask is not None and mask.shape == cos.shape else cos.reshape(-1)
+            sums[i] += float(cos.sum())
+            count[i] += cos.numel()
+        return pre, post
+
+    handles = []
+    for i, layer in enumerate(layers):
+        pre, post = hooks(i)
+        handles += [layer.register_forward_pre_hook(pre, with_kwargs=True),
+                    layer.register_forward_hook(post, with_kwargs=True)]
+    try:
+        model.eval()
+        for b in batches:
+            m = b.get("attention_mask")
+            state["mask"] = m.bool() if m is not None else None
+            model(**b)
+    finally:
+        for h in handles:
+            h.remove()
+    return [1.0 - s / max(c, 1) for s, c in zip(sums, count)]
