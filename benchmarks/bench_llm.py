@@ -1,8 +1,10 @@
-"""Issue "Language models": one-shot pruning of SmolLM2-135M from calibration text (Wanda, SparseGPT, per-row
-magnitude; 50% unstructured and 2:4) and depth pruning (ShortGPT block influence vs dropping the last layers),
-scored by WikiText-2 test perplexity on a fixed token budget. No recovery training.
+"""Issue "Language models" on SmolLM2-135M: one-shot pruning from calibration text (Wanda, SparseGPT, per-row
+magnitude; 50% unstructured and 2:4), depth pruning (ShortGPT block influence vs dropping the last layers),
+each scored by WikiText-2 test perplexity on a fixed token budget, no recovery training; and decoding speed at
+batch 1 of the fp32 model in PyTorch and in ONNX Runtime, fp32 and with 4-bit MatMulNBits weights, against the
+bound set by this machine's memory bandwidth.
 
-    flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm.py prune depth
+    flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm.py prune depth speed
     python benchmarks/bench_llm.py markdown
 """
 from __future__ import annotations
@@ -80,7 +82,53 @@ def depth(drop: int = 6) -> dict[str, Any]:
     return {"block_influence": [round(b, 4) for b in bi], "rows": rows}
 
 
-PARTS = {"prune": prune, "depth": depth}
+def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32) -> dict[str, Any]:
+    """Prefill and decode at batch 1: PyTorch fp32, ORT fp32, ORT 4-bit (then PyTorch again as a drift check);
+    perplexity of the ONNX graphs on the same tokens; bytes read per token and the bandwidth bound."""
+    from slimformer.deploy import export_onnx
+    from slimformer.export_generative import OrtDecoder
+    from slimformer.generation import generation_profile, ort_generation_profile
+    from slimformer.quantize.onnx_int4 import bytes_read_per_token, read_bandwidth
+
+    model, tok, task, _ = _setup()
+    out = common.CACHE / "onnx" / "smollm2"
+    files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx"}
+    export_info = {}
+    for name, path in files.items():
+        if not path.exists():
+            t0 = time.perf_counter()
+            info = export_onnx(model, tok, path, int4=block if "int4" in name else None, overwrite=True)
+            export_info[name] = {"seconds": round(time.perf_counter() - t0, 1), "notes": info["notes"],
+                                 **{k: info[k] for k in ("top1_agreement", "relative_error") if k in info}}
+    sessions = {name: OrtDecoder(path, threads=THREADS) for name, path in files.items()}
+    vocab = model.config.vocab_size
+    rows = [{"variant": "pytorch fp32", **generation_profile(model, tok, prompt, new_tokens, 1, THREADS, runs=3)}]
+    for name, dec in sessions.items():
+        rows.append({"variant": name, **ort_generation_profile(dec, vocab, prompt, new_tokens, 1, THREADS, runs=3)})
+    rows.append({"variant": "pytorch fp32 (repeat: drift check)",
+                 **generation_profile(model, tok, prompt, new_tokens, 1, THREADS, runs=3)})
+    bw = read_bandwidth(gib=1.0, repeats=5, threads=THREADS)
+    ids = task.stream(tok, "test")[:EVAL_TOKENS]
+    from slimformer.tasks.language_modeling import perplexity
+
+    per_token = {"pytorch fp32": bytes_read_per_token(files["ort fp32"])}
+    for name, dec in sessions.items():
+        per_token[name] = bytes_read_per_token(files[name])
+        t0 = time.perf_counter()
+        ppl = perplexity(dec, ids, context=1024, stride=512)
+        next(r for r in rows if r["variant"] == name).update(perplexity=round(ppl, 3),
+                                                            eval_s=round(time.perf_counter() - t0, 1))
+    for r in rows:
+        b = per_token[r["variant"].split(" (")[0]]
+        bound = bw["best_gb_s"] * 1e9 / b
+        r.update(file_mb=round(files[r["variant"]].stat().st_size / 1e6, 1) if r["variant"] in files else None,
+                 weight_mb_per_token=round(b / 1e6, 1), bound_tokens_per_s=round(bound, 1),
+                 share_of_bound=round(r["tokens_per_s"] / bound, 3))
+    return {"prompt": prompt, "new_tokens": new_tokens, "block": block, "bandwidth": bw, "export": export_info,
+            "rows": rows}
+
+
+PARTS = {"prune": prune, "depth": depth, "speed": speed}
 
 
 def main(parts: list[str]) -> None:
@@ -103,6 +151,17 @@ def markdown() -> str:
         for row in r.get(part, {}).get("rows", []):
             sp = f"{100 * row['sparsity']:.1f}%" if "sparsity" in row else f"{len(row['kept'])} of 30 layers kept"
             out.append(f"| {row['variant']} | {row['perplexity']} | {sp} | {row['sparse_encoded_mb']} | {row['prune_s']} |")
+    if "speed" in r:
+        sp = r["speed"]
+        out += ["", f"Batch 1, prompt {sp['prompt']} tokens, {sp['new_tokens']} new tokens, {r['threads']} threads; "
+                f"memory read bandwidth {sp['bandwidth']['best_gb_s']} GB/s (best of 5; median "
+                f"{sp['bandwidth']['median_gb_s']}).", "",
+                "| variant | prefill ms | decode ms/token | tokens/s | weights read per token (MB) | bandwidth bound "
+                "(tokens/s) | share of the bound | ppl (same tokens) | reliable |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in sp["rows"]:
+            out.append(f"| {row['variant']} | {row['prefill_ms']:.0f} | {row['decode_ms_per_token']:.1f} | "
+                       f"{row['tokens_per_s']} | {row['weight_mb_per_token']} | {row['bound_tokens_per_s']} | "
+                       f"{100 * row['share_of_bound']:.0f}% | {row.get('perplexity', '')} | {row['reliable']} |")
     return "\n".join(out)
 
 

@@ -255,6 +255,9 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
            optimize: bool = typer.Option(False, "--optimize", help="fuse the graph with ONNX Runtime's transformer "
                                          "optimizer (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), "
                                          "checked against PyTorch"),
+           int4: Optional[int] = typer.Option(None, "--int4", min=16, help="decoder-only LMs: MatMul weights as "
+                                              "4-bit MatMulNBits with this block size (e.g. 32), ONNX Runtime's "
+                                              "low-bit CPU kernel"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file (an earlier "
                                           "export to the same path is replaced without it)")) -> None:
     """Export any slimformer model to one ONNX file (dynamic batch and length) checked in ONNX Runtime;
@@ -267,7 +270,7 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
     from .progress import console
 
     m, tok = models.load(model)
-    info = export_onnx(m, tok, onnx, atol=atol, optimize=optimize)
+    info = export_onnx(m, tok, onnx, atol=atol, optimize=optimize, int4=int4)
     for note in info["notes"]:
         console.print(f"[yellow]{note}[/yellow]")
     console.print(f"[green]wrote {onnx}[/green] ({info['bytes'] / 1e6:.1f} MB, {info['kind']}), "

@@ -50,12 +50,20 @@ def _earlier_export(onnx: Path) -> bool:
 
 
 def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float = 1e-4,
-                optimize: bool = False) -> dict[str, Any]:
+                optimize: bool = False, int4: int | None = None) -> dict[str, Any]:
     """Write `onnx` (+ its tokenizer folder) for any slimformer model; returns what was done:
-    {"kind", "max_abs_diff", "notes", "bytes"}. Raises SlimformerError with one line on any failure."""
+    {"kind", "max_abs_diff", "notes", "bytes"}. `int4` (a block size): a decoder-only LM's MatMul weights
+    become 4-bit MatMulNBits (checked against PyTorch by top-1 agreement, not atol). Raises SlimformerError
+    with one line on any failure."""
     from .fsutil import _umask, atomic_dir
 
     onnx = Path(onnx)
+    if int4:
+        from .export_generative import geometry
+
+        check(hasattr(model, "can_generate") and model.can_generate() and not _fbgemm_layers(model),
+              "--int4 applies to decoder-only language models in float (export the model before quantize_dynamic)")
+        geometry(model)  # one line when it is not decoder-only
     with write_errors(onnx):
         onnx.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{onnx.name}.tmp-", dir=onnx.parent) as d:
@@ -63,7 +71,8 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
             try:
                 with warnings.catch_warnings():  # exporter warnings are noise to a user; results are checked
                     warnings.simplefilter("ignore")
-                    info = _write_graph(model, tokenizer, tmp, atol, optimize, onnx)
+                    info = (_write_int4_decoder(model, tmp, int4) if int4 else
+                            _write_graph(model, tokenizer, tmp, atol, optimize, onnx))
             except SlimformerError:
                 raise
             except Exception as e:  # the exporters raise many types, with messages of many lines
@@ -79,6 +88,32 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
                 os.replace(f, dst)
     info["bytes"] = sum(f.stat().st_size for f in [onnx, *(dst for _, dst in extra)])
     return info
+
+
+def _write_int4_decoder(model: Any, path: Path, block: int) -> dict[str, Any]:
+    """The KV-cache decoder graph with 4-bit MatMulNBits weights, compared with PyTorch on seeded prompts."""
+    import numpy as np
+    import torch
+
+    from .export_generative import OrtDecoder, export_decoder
+    from .quantize.onnx_int4 import quantize_matmuls_4bit
+
+    geo = export_decoder(model, path)
+    q = quantize_matmuls_4bit(path, path, block_size=block)
+    vocab = model.config.vocab_size
+    prompts = torch.randint(min(1000, vocab - 1), vocab, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(input_ids=prompts).logits.numpy()
+    got = OrtDecoder(path).prefill_logits(prompts.numpy())
+    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
+    rel = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))
+    check(rel < 0.5, f"the 4-bit graph's logits are far from PyTorch's (relative error {rel:.2f}); not written")
+    note = (f"KV-cache decoder graph ({geo['layers']} layers) with {q['matmulnbits_nodes']} MatMuls as 4-bit "
+            f"MatMulNBits (block {block}, symmetric, INT8 compute); on 2 seeded prompts the next-token choice "
+            f"agrees with PyTorch fp32 at {top1:.0%} of positions (relative logit error {rel:.3f}); greedy text may "
+            f"differ from the fp32 model's")
+    return {"kind": "decoder with KV cache, 4-bit weights", "notes": [note], "max_abs_diff": float(np.abs(got - ref).max()),
+            "top1_agreement": top1, "relative_error": rel, "int4": q}
 
 
 def _write_graph(model: Any, tokenizer: Any, path: Path, atol: float, optimize: bool, final_name: Path
@@ -167,8 +202,8 @@ def _requantized(model: Any, tokenizer: Any, path: Path, names: list[str], optim
     import torch
     from torch import nn
 
-    from .export import OnnxModel, _logits
     from .data import dummy_inputs
+    from .export import OnnxModel, _logits
     from .quantize.onnx_backend import quantize_onnx
 
     float_copy = copy.deepcopy(model)

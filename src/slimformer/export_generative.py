@@ -100,6 +100,12 @@ class OrtDecoder:
         check(meta is not None, f"{path} is not a slimformer decoder graph (no cache geometry in its metadata)")
         self.geo = json.loads(meta)
 
+    def __call__(self, input_ids: torch.Tensor) -> Any:
+        """Logits of whole sequences, as `model(input_ids=...)` gives them (so `perplexity` scores this graph)."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.from_numpy(self.prefill_logits(input_ids.numpy())))
+
     def prefill_logits(self, input_ids: np.ndarray) -> np.ndarray:
         """Logits [B, S, V] of a prompt (the first step of the loop)."""
         ids = np.asarray(input_ids, dtype=np.int64)
@@ -112,7 +118,11 @@ class OrtDecoder:
             feed[f"past_key.{i}"] = feed[f"past_value.{i}"] = np.zeros(shape, np.float32)
         return self.session.run(["logits"], feed)[0]
 
-    def generate(self, input_ids: np.ndarray, max_new_tokens: int = 16) -> np.ndarray:
+    def generate(self, input_ids: np.ndarray, max_new_tokens: int = 16, times: list[float] | None = None,
+                 stop_at_eos: bool = True) -> np.ndarray:
+        """Greedy tokens (prompt + new); `times` receives the ms of every graph run (the first is the prefill)."""
+        import time
+
         ids = np.asarray(input_ids, dtype=np.int64)
         bsz, length = ids.shape
         n = self.geo["layers"]
@@ -128,14 +138,17 @@ class OrtDecoder:
         eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         done = np.zeros(bsz, bool)
         for _ in range(max_new_tokens):
+            t = time.perf_counter()
             res = self.session.run(None, {"input_ids": step_ids, "attention_mask": mask, "position_ids": pos, **past})
+            if times is not None:
+                times.append((time.perf_counter() - t) * 1000)
             nxt = res[0][:, -1].argmax(-1).astype(np.int64)
             pad = self.geo.get("pad_token_id")
             if pad is not None:
                 nxt = np.where(done, pad, nxt)
             out.append(nxt[:, None])
             done |= np.isin(nxt, list(eos))
-            if done.all():
+            if done.all() and stop_at_eos:
                 break
             for j in range(n):
                 past[f"past_key.{j}"], past[f"past_value.{j}"] = res[1 + 2 * j], res[2 + 2 * j]

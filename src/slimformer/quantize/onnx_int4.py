@@ -1,0 +1,120 @@
+"""4-bit weights on a real CPU kernel: the MatMuls of an exported ONNX graph become ONNX Runtime's `MatMulNBits`
+(block-wise symmetric 4-bit weights, fp32 scales per block of `block_size` inputs). `accuracy_level` 4 lets
+the kernel multiply in INT8 (activations quantized per block on the fly), the fast path on x86 with VNNI;
+0 keeps fp32 arithmetic on dequantized weights. Embedding lookups (Gather) stay fp32; a tied LM head becomes
+a 4-bit MatMul beside the fp32 table it shares.
+
+Also here: how many weight bytes one decode step reads, and this machine's memory read bandwidth, the bound on
+batch-1 decoding (every weight is read once per token): tokens/s <= bandwidth / bytes read per token.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SlimformerError, check
+
+
+def quantize_matmuls_4bit(src: str | os.PathLike, dst: str | os.PathLike, block_size: int = 32,
+                          accuracy_level: int = 4) -> dict[str, Any]:
+    """Write `dst`: the graph of `src` with every MatMul by a constant weight as a 4-bit MatMulNBits node."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    check(block_size >= 16 and block_size & (block_size - 1) == 0,
+          f"int4 block size must be a power of two >= 16, got {block_size}")
+    check(accuracy_level in (0, 1, 2, 3, 4), f"accuracy level must be 0-4, got {accuracy_level}")
+    model = onnx.load(str(src))
+    folded = _fold_weight_transposes(model)
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level)
+    try:
+        q.process()
+    except Exception as e:
+        raise SlimformerError(f"ONNX Runtime 4-bit quantization failed: {str(e).splitlines()[0][:200]}") from e
+    out = q.model.model
+    nodes = sum(n.op_type == "MatMulNBits" for n in out.graph.node)
+    check(nodes > 0, "no MatMul with a constant weight was found to quantize")
+    left = sum(n.op_type == "MatMul" and any(i.name == x for x in n.input for i in out.graph.initializer)
+               for n in out.graph.node)
+    onnx.save(out, str(dst))
+    return {"matmulnbits_nodes": nodes, "fp32_weight_matmuls_left": left, "folded_transposes": folded,
+            "block_size": block_size,
+            "accuracy_level": accuracy_level, "bytes": Path(dst).stat().st_size}
+
+
+def _fold_weight_transposes(model: Any) -> int:
+    """Replace Transpose(initializer) nodes that feed MatMuls by a transposed initializer, so the quantizer sees
+    a constant weight (a tied LM head is exported as a Transpose of the embedding table)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    folded = 0
+    for node in list(model.graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in inits:
+            continue
+        users = consumers.get(node.output[0], [])
+        if not users or any(u.op_type != "MatMul" or u.input[1] != node.output[0] for u in users):
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(inits[node.input[0]])
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.transpose(perm)),
+                                                               node.output[0]))
+        model.graph.node.remove(node)
+        folded += 1
+    return folded
+
+
+def bytes_read_per_token(path: str | os.PathLike) -> int:
+    """Weight bytes a decode step reads: every initializer, except tables only used by Gather (one row each)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=True)
+    used_by: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            used_by.setdefault(i, set()).add(n.op_type)
+    total = 0
+    for init in model.graph.initializer:
+        if used_by.get(init.name, set()) == {"Gather"}:
+            continue
+        total += numpy_helper.to_array(init).nbytes
+    return total
+
+
+def read_bandwidth(gib: float = 1.0, repeats: int = 5, threads: int | None = None) -> dict[str, float]:
+    """Memory read bandwidth (GB/s, best and median of `repeats`) summing a `gib` GiB float32 array with torch
+    on `threads` threads (more than any cache, so it streams from DRAM as batch-1 decoding does)."""
+    import statistics
+
+    import torch
+
+    from ..bench import threads as use_threads
+
+    a = torch.ones(int(gib * 2 ** 30 / 4), dtype=torch.float32)
+    rates = []
+    with use_threads(threads) as nt, torch.inference_mode():
+        a.sum()
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a.sum()
+            rates.append(a.numel() * 4 / (time.perf_counter() - t) / 1e9)
+    del a
+    return {"best_gb_s": round(max(rates), 2), "median_gb_s": round(statistics.median(rates), 2), "threads": nt}
+
+
+def greedy_agreement(reference: np.ndarray, got: np.ndarray, prompt_len: int) -> float:
+    """Share of generated positions where two greedy continuations agree, up to the first difference."""
+    a, b = reference[:, prompt_len:], got[:, prompt_len:]
+    n = min(a.shape[1], b.shape[1])
+    same = (a[:, :n] == b[:, :n]).all(0)
+    first = int(np.argmin(same)) if not same.all() else n
+    return first / max(n, 1)

@@ -1,0 +1,74 @@
+"""4-bit decoder export (ONNX Runtime MatMulNBits), the ONNX decoder loop's timing and perplexity, and the
+bytes-per-token / bandwidth arithmetic behind the batch-1 decoding bound."""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from families import tiny
+
+from slimformer.deploy import export_onnx
+from slimformer.errors import SlimformerError
+from slimformer.export_generative import OrtDecoder
+from slimformer.generation import ort_generation_profile
+from slimformer.quantize.onnx_int4 import (
+    bytes_read_per_token,
+    greedy_agreement,
+    read_bandwidth,
+)
+from slimformer.tasks.language_modeling import perplexity
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tokenizer):
+    model = tiny("llama")
+    d = tmp_path_factory.mktemp("int4")
+    fp32 = export_onnx(model, tokenizer, d / "fp32.onnx")
+    int4 = export_onnx(model, tokenizer, d / "int4.onnx", int4=16)
+    return model, d, fp32, int4
+
+
+def test_int4_graph_uses_the_low_bit_kernel_and_is_smaller(exported):
+    model, d, fp32, int4 = exported
+    ops = [n.op_type for n in onnx.load(str(d / "int4.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == int4["int4"]["matmulnbits_nodes"] >= 2 * 7  # 7 Linears per layer
+    assert bytes_read_per_token(d / "int4.onnx") < 0.4 * bytes_read_per_token(d / "fp32.onnx")
+    assert 0 <= int4["top1_agreement"] <= 1 and int4["relative_error"] < 0.5
+
+
+def test_bytes_per_token_skip_tables_only_gathered(exported):
+    model, d, _, _ = exported
+    total = sum(t.numel() * 4 for t in model.state_dict().values())
+    table = model.model.embed_tokens.weight.numel() * 4  # tied: read whole by the LM head, so it counts
+    got = bytes_read_per_token(d / "fp32.onnx")
+    assert got <= total and got >= total - table - 1024
+
+
+def test_ort_loop_scores_the_perplexity_of_pytorch(exported):
+    model, d, _, _ = exported
+    ids = torch.randint(1000, 2000, (1, 40), generator=torch.Generator().manual_seed(0))[0].tolist()
+    ref = perplexity(model, ids, context=16, stride=8)
+    assert perplexity(OrtDecoder(d / "fp32.onnx"), ids, context=16, stride=8) == pytest.approx(ref, rel=1e-4)
+
+
+def test_ort_generation_profile(exported):
+    _, d, _, _ = exported
+    prof = ort_generation_profile(OrtDecoder(d / "int4.onnx", threads=1), 30522, prompt_len=8, new_tokens=3,
+                                  runs=1, n_threads=1)
+    assert prof["prefill_ms"] > 0 and prof["tokens_per_s"] > 0 and len(prof["decode_spread"]) > 0
+
+
+def test_int4_refused_on_an_encoder_in_one_line(tokenizer, tmp_path):
+    with pytest.raises(SlimformerError, match="decoder-only") as e:
+        export_onnx(tiny("bert"), tokenizer, tmp_path / "x.onnx", int4=32)
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())
+
+
+def test_helpers():
+    import numpy as np
+
+    ref = np.array([[1, 2, 3, 4, 5]])
+    assert greedy_agreement(ref, np.array([[1, 2, 3, 9, 5]]), 2) == pytest.approx(1 / 3)
+    assert greedy_agreement(ref, ref, 2) == 1.0
+    bw = read_bandwidth(gib=0.05, repeats=2, threads=1)
+    assert bw["best_gb_s"] > 0
