@@ -20,7 +20,7 @@ import torch
 RESULT = "llm_prune"
 THREADS = 2
 EVAL_TOKENS = 16384      # the first tokens of the WikiText-2 test stream (context 1024, stride 512)
-CALIB = 64               # calibration blocks of CALIB_LEN tokens from WikiText-2 valid
+CALIB = 32               # calibration blocks of CALIB_LEN tokens from WikiText-2 valid
 CALIB_LEN = 512
 
 
