@@ -121,3 +121,24 @@ def test_block_influence_drops_the_layer_that_does_nothing(tokenizer, tmp_path):
     torch.testing.assert_close(logits(out, batch), logits(ref, batch), atol=1e-5, rtol=0)  # it really did nothing
     sf.save(out, tokenizer, tmp_path / "m")
     torch.testing.assert_close(logits(sf.load(str(tmp_path / "m"))[0], batch), logits(out, batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("step", ["distill", "finetune"])
+def test_recovery_keeps_the_zeros_of_a_one_shot_prune(step, tokenizer, tmp_path):
+    from slimformer.steps import Context, apply_step, parse_step
+    from test_step_matrix import _task
+
+    model = tiny("llama")
+    ctx = Context(tokenizer=tokenizer, task=_task("decoder"), work_dir=tmp_path, teacher=copy.deepcopy(model),
+                  seed=1, max_len=16)
+    model = apply_step(model, parse_step({"step": "prune_oneshot", "method": "wanda", "pattern": "2:4",
+                                          "calib_examples": 8}, 0), ctx)
+    zeros = {n: m.weight == 0 for n, m in prunable(model).items()}
+    before = {n: m.weight.detach().clone() for n, m in prunable(model).items()}
+    train = {"distill": {"kd": 1.0, "max_steps": 3, "batch_size": 4, "lr": 1e-2},
+             "finetune": {"epochs": 1, "max_train_examples": 12, "batch_size": 4, "lr": 1e-2}}[step]
+    model = apply_step(model, parse_step({"step": step, "keep_zeros": True, **train}, 1), ctx)
+    after = prunable(model)
+    assert any(not torch.equal(after[n].weight, w) for n, w in before.items())  # it trained
+    for n, z in zeros.items():
+        assert (after[n].weight[z] == 0).all(), n

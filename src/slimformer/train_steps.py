@@ -22,6 +22,8 @@ class Finetune(StepConfig):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps (for resume); "
                                    "default: about every 10% of the run, 1 to 200")
+    keep_zeros: bool = Field(False, description="weights that are zero when the step starts stay zero (recovery "
+                             "after prune_oneshot / prune_unstructured)")
 
 
 @implements(Finetune)
@@ -30,6 +32,12 @@ def finetune_step(model: nn.Module, cfg: Finetune, ctx: Context) -> nn.Module:
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_len=ctx.max_len, seed=ctx.seed,
                        max_train_examples=cfg.max_train_examples, warmup_ratio=cfg.warmup_ratio,
                        save_steps=cfg.save_steps)
-    model, stats = finetune(model, ctx.tokenizer, task, tcfg, ctx.work_dir / "train", resume=ctx.resume)
+    callbacks = None
+    if cfg.keep_zeros:
+        from .prune.unstructured import keep_zeros_callback
+
+        callbacks = [keep_zeros_callback(model)]
+    model, stats = finetune(model, ctx.tokenizer, task, tcfg, ctx.work_dir / "train", resume=ctx.resume,
+                            callbacks=callbacks)
     ctx.note("train", stats)
     return model

@@ -64,6 +64,8 @@ class Distill(LossTerms):
     teacher: str | None = Field(None, description="teacher model directory; default: the model before the recipe")
     max_train_examples: int | None = Field(None, ge=1)
     cache_teacher: bool = Field(False, description="compute teacher logits once and reuse them every epoch")
+    keep_zeros: bool = Field(False, description="weights that are zero when the step starts stay zero (recovery "
+                             "after prune_oneshot / prune_unstructured)")
 
     @model_validator(mode="after")
     def _cache_ok(self) -> "Distill":
@@ -185,7 +187,12 @@ def distill_step(model: nn.Module, cfg: Distill, ctx: Context) -> nn.Module:
 
     task = ctx.require_task(cfg.step)
     teacher = load(cfg.teacher)[0] if cfg.teacher else ctx.original()
+    callbacks = None
+    if cfg.keep_zeros:
+        from ..prune.unstructured import keep_zeros_callback
+
+        callbacks = [keep_zeros_callback(model)]
     model, stats = distill(model, teacher, ctx.tokenizer, task, cfg, ctx.work_dir / "distill", ctx.seed,
-                           ctx.max_len, ctx.resume)
+                           ctx.max_len, ctx.resume, callbacks)
     ctx.note("distill", stats)
     return model

@@ -202,6 +202,12 @@ def mask_callback(mods: dict[str, nn.Linear], masks: dict[str, torch.Tensor]) ->
     return KeepMasks()
 
 
+def keep_zeros_callback(model: nn.Module) -> Any:
+    """A Trainer callback keeping today's zeros of the prunable Linears at zero (training after prune_oneshot)."""
+    mods = prunable(model)
+    return mask_callback(mods, {n: m.weight.detach() != 0 for n, m in mods.items()})
+
+
 def sparsity_report(model: nn.Module, mods: dict[str, nn.Linear]) -> dict[str, Any]:
     """Zeros of the included weights: per layer, per matrix and overall (measured on the weights)."""
     adapter = get_adapter(model)
