@@ -20,7 +20,7 @@ import torch
 RESULT = "llm_prune"
 THREADS = 2
 EVAL_TOKENS = 16384      # the first tokens of the WikiText-2 test stream (context 1024, stride 512)
-CALIB = 32               # calibration blocks of CALIB_LEN tokens from WikiText-2 valid
+CALIB = 32               # calibration blocks of CALIB_LEN tokens from WikiText-2 valid (the task's dev split)
 CALIB_LEN = 512
 
 
@@ -30,7 +30,7 @@ def _setup() -> tuple[Any, Any, Any, list]:
 
     task = tasks.load("wikitext2", common.DATA / "wikitext2", context=1024, stride=512, max_eval_tokens=EVAL_TOKENS)
     model, tok = models.load("smollm2", task=task)
-    batches = calibration_batches(tok, task, CALIB, CALIB_LEN, batch_size=8, seed=0, split="valid", model=model)
+    batches = calibration_batches(tok, task, CALIB, CALIB_LEN, batch_size=8, seed=0, split="dev", model=model)
     return model.eval(), tok, task, batches
 
 
