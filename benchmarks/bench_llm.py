@@ -20,7 +20,7 @@ import torch
 RESULT = "llm_prune"
 THREADS = 2
 EVAL_TOKENS = 16384      # the first tokens of the WikiText-2 test stream (context 1024, stride 512)
-CALIB = 32               # calibration blocks of CALIB_LEN tokens from WikiText-2 valid (the task's dev split)
+CALIB = 256              # lines of WikiText-2 valid (the task's dev split), cut into blocks of CALIB_LEN tokens
 CALIB_LEN = 512
 
 
@@ -61,7 +61,7 @@ def prune() -> dict[str, Any]:
             rows.append(_row(f"{method} {target.get('pattern') or '50%'}", model, tok, task,
                              time.perf_counter() - t0, {"sparsity": info["sparsity"]}))
             del model
-    return {"rows": rows}
+    return {"rows": rows, "calib_blocks": len(batches), "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches)}
 
 
 def depth(drop: int = 6) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def main(parts: list[str]) -> None:
     payload = common.previous_parts(RESULT, set(PARTS) - set(parts))
     for p in parts:
         payload[p] = PARTS[p]()
-        print(f"wrote {common.write_result(RESULT, {'threads': THREADS, 'eval_tokens': EVAL_TOKENS, 'calib_blocks': CALIB, 'calib_len': CALIB_LEN, **payload})}")
+        print(f"wrote {common.write_result(RESULT, {'threads': THREADS, 'eval_tokens': EVAL_TOKENS, 'calib_lines': CALIB, 'calib_len': CALIB_LEN, **payload})}")
     print(markdown())
 
 
