@@ -32,6 +32,8 @@ CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
     "factorize": ({"ratio": 0.5}, {}),
     "factorize_embeddings": ({"size": 8}, {"encoder-decoder": "tied", "decoder": "tied"}),
     "share_layers": ({}, {"encoder-decoder": "name one with stack:"}),
+    "share_pairs": ({"encoder": [[0, 1]], "decoder": [[0, 1]]},
+                    {"encoder": "inside an encoder-decoder", "decoder": "inside an encoder-decoder"}),
     "quantize_dynamic": ({"guard": False}, {}),
     "quantize_static": ({"calib_examples": 8, "guard": False}, {}),
     "quantize_qat": ({"max_steps": 2, "batch_size": 4, "guard": False}, {}),

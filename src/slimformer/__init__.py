@@ -26,6 +26,7 @@ _LAZY = {
     **{n: (".prune.unstructured", n) for n in ("PruneUnstructured", "prune_unstructured", "sparse_size")},
     "Factorize": (".factorize", "Factorize"), "FactorizeEmbeddings": (".factorize", "FactorizeEmbeddings"),
     "ShareLayers": (".share", "ShareLayers"), "to_albert": (".share", "to_albert"),
+    "SharePairs": (".share", "SharePairs"),
 }
 __all__ = ["SlimformerError", "__version__", *_LAZY]
 
