@@ -131,11 +131,14 @@ def pairings(n: int) -> list[list[list[int]]]:
 
 
 class SharePairs(StepConfig):
-    """PET sharing in an encoder-decoder: layer pairs share weights (encoder Q/K swapped on the second pass,
-    decoder cross-attention Query = self-attention Query); pairs given, or searched by short training runs."""
+    """PET sharing in an encoder-decoder: layer pairs share weights; pairs given or searched by short runs.
+
+    The encoder's second pass swaps Query and Key; the decoder's cross-attention Query is its self-attention
+    Query."""
 
     step: ClassVar[str] = "share_pairs"
-    encoder: PairSpec = Field(PET_PAIRS, description="encoder layer pairs [[first, reuser], ...], 'search', or null")
+    encoder: PairSpec = Field(PET_PAIRS, description="encoder layer pairs (lists of two indices, the second reuses the "
+                          "first), 'search', or null")
     decoder: PairSpec = Field(PET_PAIRS, description="decoder layer pairs, 'search', or null")
     swap_qk: bool = Field(True, description="encoder: swap Query and Key on a pair's second pass")
     tie_decoder_q: bool = Field(True, description="decoder: cross-attention Query is the self-attention Query")
