@@ -111,3 +111,25 @@ def test_refusals_in_one_line():
     for family in ("bert", "llama"):
         with pytest.raises(SlimformerError, match="inside an encoder-decoder"):
             Pet().preflight(tiny(family), None)
+
+
+def test_a_pet_student_quantizes_to_int8_and_reloads(tokenizer, tmp_path):
+    from test_pet_share import tiny_4x4
+
+    from slimformer.share import SharePairs, share_pairs
+
+    model, _ = share_pairs(tiny_4x4(), SharePairs())
+    ctx = Context(tokenizer=tokenizer, task=None, work_dir=tmp_path / "work")
+    out = apply_step(model, parse_step({"step": "quantize_dynamic", "backend": "torch", "guard": False}, 0), ctx)
+    enc = get_adapter(out).layers(out, "encoder")
+    assert enc[2].fc1 is enc[0].fc1 and enc[2].self_attn.q_proj is enc[0].self_attn.k_proj  # INT8 shared too
+    sf.save(out, tokenizer, tmp_path / "q")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "q" / "model.safetensors"), "pt") as f:
+        assert sum(1 for k in f.keys() if k.endswith("fc1.qweight")) == 4  # 2 encoder + 2 decoder, not 8
+    reloaded, _ = sf.load(str(tmp_path / "q"))
+    assert get_adapter(reloaded).layers(reloaded, "encoder")[3].fc2 is get_adapter(reloaded).layers(reloaded,
+                                                                                                   "encoder")[1].fc2
+    batch = inputs(out, seq=8)
+    torch.testing.assert_close(logits(reloaded, batch), logits(out, batch), atol=1e-5, rtol=0)
