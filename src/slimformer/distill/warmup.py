@@ -15,7 +15,7 @@ after the warm-up. Padding positions (label -100) are ignored throughout.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
