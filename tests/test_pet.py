@@ -133,3 +133,19 @@ def test_a_pet_student_quantizes_to_int8_and_reloads(tokenizer, tmp_path):
                                                                                                    "encoder")[1].fc2
     batch = inputs(out, seq=8)
     torch.testing.assert_close(logits(reloaded, batch), logits(out, batch), atol=1e-5, rtol=0)
+
+
+def test_resized_config_refuses_what_the_family_cannot_express():
+    from slimformer.models.resize import resized_config
+
+    t5 = tiny("t5").config
+    cfg = resized_config(t5, 16, {"encoder": {"layers": 3, "ffn": 24}, "decoder": {"ffn": 24, "heads": 2}})
+    assert (cfg.d_model, cfg.num_layers, cfg.d_ff, cfg.num_heads, cfg.d_kv) == (16, 3, 24, 2, 8)
+    for args, msg in (((16, {"encoder": {"ffn": 24}, "decoder": {"ffn": 20}}), "one config key"),
+                      ((18, {"encoder": {"heads": 4}}), "not divisible"),
+                      ((16, {"middle": {"layers": 2}}), "no middle stack"),
+                      ((16, {"encoder": {"depth": 2}}), "unknown size field")):
+        with pytest.raises(SlimformerError, match=msg):
+            resized_config(t5, *args)
+    with pytest.raises(SlimformerError, match="names no config key"):
+        resized_config(tiny("bert").config, 16)
