@@ -18,7 +18,7 @@ _LAZY = {
     "DropLayers": (".prune.layers", "DropLayers"),
     "Finetune": (".train_steps", "Finetune"),
     **{n: (".distill", n) for n in ("Distill", "DistillGeneral", "MakeStudent", "distill", "distill_general",
-                                    "make_student")},
+                                    "make_student", "Pet")},
     **{n: (".quantize", n) for n in ("QuantizeDynamic", "QuantizeStatic", "QuantizeQAT", "QuantizeWeights",
                                      "QuantizeMixed")},
     "PruneHeads": (".prune.heads", "PruneHeads"), "prune_heads": (".prune.heads", "prune_heads"),
@@ -27,6 +27,7 @@ _LAZY = {
     "PruneOneShot": (".prune.oneshot", "PruneOneShot"), "prune_oneshot": (".prune.oneshot", "prune_oneshot"),
     "Factorize": (".factorize", "Factorize"), "FactorizeEmbeddings": (".factorize", "FactorizeEmbeddings"),
     "ShareLayers": (".share", "ShareLayers"), "to_albert": (".share", "to_albert"),
+    "SharePairs": (".share", "SharePairs"),
 }
 __all__ = ["SlimformerError", "__version__", *_LAZY]
 
