@@ -29,6 +29,7 @@ CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
                         {"encoder-decoder": "masked-LM", "decoder": "masked-LM"}),
     "finetune": ({"epochs": 1, "max_train_examples": 8, "batch_size": 4}, {}),
     "prune_unstructured": ({"sparsity": 0.5}, {}),
+    "prune_movement": ({"sparsity": 0.5, "max_steps": 2, "batch_size": 4, "block": True}, {}),
     "factorize": ({"ratio": 0.5}, {}),
     "factorize_embeddings": ({"size": 8}, {"encoder-decoder": "tied", "decoder": "tied"}),
     "share_layers": ({}, {"encoder-decoder": "name one with stack:"}),

@@ -24,6 +24,7 @@ _LAZY = {
     "PruneHeads": (".prune.heads", "PruneHeads"), "prune_heads": (".prune.heads", "prune_heads"),
     "PruneFFN": (".prune.ffn", "PruneFFN"), "prune_ffn": (".prune.ffn", "prune_ffn"),
     **{n: (".prune.unstructured", n) for n in ("PruneUnstructured", "prune_unstructured", "sparse_size")},
+    "PruneMovement": (".prune.movement", "PruneMovement"), "prune_movement": (".prune.movement", "prune_movement"),
     "Factorize": (".factorize", "Factorize"), "FactorizeEmbeddings": (".factorize", "FactorizeEmbeddings"),
     "ShareLayers": (".share", "ShareLayers"), "to_albert": (".share", "to_albert"),
 }
