@@ -151,3 +151,31 @@ def test_step_trains_prunes_to_the_target_and_reloads(variant, block, tiny_bert,
     sf.save(out, tokenizer, tmp_path / "m")
     again, _ = sf.load(str(tmp_path / "m"))
     torch.testing.assert_close(logits(again, batch), logits(out, batch), atol=1e-5, rtol=0)
+
+
+def test_sparse_format_reloads_identical_weights_and_is_smaller(tokenizer, tmp_path):
+    from slimformer.prune.sparse_io import SPARSE_FILE, load_sparse, save_sparse
+
+    model = tiny("bert")
+    plan = _plan(model, "hard")
+    for s in plan.scores.values():
+        s.data.normal_()
+    plan.set_keep(0.1)
+    fold(model, plan)
+    sf.save(model, tokenizer, tmp_path / "dense")
+    save_sparse(model, tokenizer, tmp_path / "sparse")
+    assert not (tmp_path / "sparse" / "model.safetensors").exists()
+    assert (tmp_path / "sparse" / SPARSE_FILE).stat().st_size < (tmp_path / "dense" / "model.safetensors").stat().st_size
+    back, _ = load_sparse(tmp_path / "sparse")
+    want = model.state_dict()
+    assert set(back.state_dict()) == set(want)
+    assert all(torch.equal(v, want[k]) for k, v in back.state_dict().items())
+    with pytest.raises(SlimformerError, match="no model.sparse.safetensors"):
+        load_sparse(tmp_path / "dense")
+
+
+def test_kernel_curve_checks_the_sparse_product_and_reports_both_kernels():
+    from slimformer.prune.sparse_io import kernel_curve
+
+    rows = kernel_curve(out_features=16, in_features=8, rows=4, threads=1, sparsities=[0.5], budget_s=0.01)
+    assert rows[0]["sparsity"] == 0.5 and rows[0]["dense_ms"] > 0 and rows[0]["csr_ms"] > 0
