@@ -15,17 +15,21 @@ starts from the fine-tuned teacher, as slimformer's demo does, and gets the same
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from typing import Any
 
 from common import CACHE, RESULTS, previous_parts, write_result
 
-SETTINGS = dict(seed=42, steps=300, batch=32, train_max_len=64, eval_max_len=128, lr=1e-4, score_lr=1e-2,
+SETTINGS = dict(seed=42, steps=160, batch=32, train_max_len=64, eval_max_len=128, lr=1e-4, score_lr=1e-2,
                 kd=1.0, ce=0.5, temperature=2.0, threads=2, seq_len=128, latency_budget_s=20.0,
-                block_sparsity=0.5)
+                block_sparsity=0.5, kernel_budget_s=4.0)
 WORK = CACHE / "work" / "bench_movement"
 NAME = "movement_sst2"
+if os.environ.get("BENCH_SMOKE"):  # a few steps of every part, to check the script before a long run
+    SETTINGS.update(steps=2, latency_budget_s=1.0, kernel_budget_s=0.2, eval_examples=32)
+    WORK, NAME = WORK.with_name("bench_movement_smoke"), "movement_sst2_smoke"
 METHODS = ("magnitude", "hard", "soft")
 _STATE: dict[str, Any] = {}
 
@@ -33,7 +37,8 @@ _STATE: dict[str, Any] = {}
 def accuracy(model: Any, tok: Any, t: Any) -> float:
     from slimformer.evaluate import evaluate_task
 
-    return round(100 * evaluate_task(model, tok, t, "dev", SETTINGS["eval_max_len"])["accuracy"], 2)
+    return round(100 * evaluate_task(model, tok, t, "dev", SETTINGS["eval_max_len"],
+                                     SETTINGS.get("eval_examples"))["accuracy"], 2)
 
 
 def _slug(name: str) -> str:
@@ -41,7 +46,7 @@ def _slug(name: str) -> str:
 
 
 def _teacher_cache() -> Any:
-    return WORK / "teacher_logits.safetensors"
+    return CACHE / "work" / "bench_movement" / "teacher_logits.safetensors"  # shared by the smoke run
 
 
 def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, seed: int | None = None,
@@ -68,6 +73,7 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
     model, info = prune_movement(model, teacher, tok, t, cfg, work, seed=seed, max_len=SETTINGS["train_max_len"])
     wall = round(time.perf_counter() - t0, 1)
     if not _teacher_cache().exists():
+        _teacher_cache().parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(work / "teacher_logits.safetensors", _teacher_cache())
     shutil.rmtree(work, ignore_errors=True)
     out = WORK / "models" / _slug(name)
@@ -138,7 +144,7 @@ def _grid(remaining: list[float], seed: int | None = None) -> list[tuple[str, di
 
 
 def part_main(results: dict[str, Any]) -> dict[str, Any]:
-    return _runs("main", _grid([0.10, 0.05]), results)
+    return _runs("main", _grid([0.10] if os.environ.get("BENCH_SMOKE") else [0.10, 0.05]), results)
 
 
 def part_curve(results: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +204,8 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
             sparse_dir = WORK / "sparse" / _slug(r["model"])
             save_sparse(m, tok, sparse_dir)
             back, _ = load_sparse(sparse_dir)
-            same = all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), back.state_dict().values()))
+            want, got = m.state_dict(), back.state_dict()
+            same = want.keys() == got.keys() and all(torch.equal(v, got[k]) for k, v in want.items())
             sizes.append({"model": r["model"], "remaining": r["remaining"],
                           "dense_mb": round((WORK / "models" / _slug(r["model"]) / "model.safetensors").stat().st_size
                                             / 1e6, 2),
@@ -206,7 +213,7 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
                           "reloads_identical": same})
             print(sizes[-1], flush=True)
     curve = kernel_curve(rows=SETTINGS["batch"] * SETTINGS["seq_len"], threads=SETTINGS["threads"],
-                         sparsities=[0.5, 0.7, 0.9, 0.95, 0.98, 0.99])
+                         sparsities=[0.5, 0.7, 0.9, 0.95, 0.98, 0.99], budget_s=SETTINGS["kernel_budget_s"])
     for c in curve:
         print(c, flush=True)
     return {"sizes": sizes, "kernel": curve}
