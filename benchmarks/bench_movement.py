@@ -22,7 +22,7 @@ from typing import Any
 
 from common import CACHE, RESULTS, previous_parts, write_result
 
-SETTINGS = dict(seed=42, steps=160, batch=32, train_max_len=64, eval_max_len=128, lr=1e-4, score_lr=1e-2,
+SETTINGS = dict(seed=42, steps=120, batch=32, train_max_len=64, eval_max_len=128, lr=1e-4, score_lr=1e-2,
                 kd=1.0, ce=0.5, temperature=2.0, threads=2, seq_len=128, latency_budget_s=20.0,
                 block_sparsity=0.5, kernel_budget_s=4.0)
 WORK = CACHE / "work" / "bench_movement"
