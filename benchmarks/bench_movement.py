@@ -50,7 +50,7 @@ def _teacher_cache() -> Any:
 
 
 def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, seed: int | None = None,
-               start: str = "minilm") -> dict[str, Any]:
+               start: str = "minilm", steps: int | None = None) -> dict[str, Any]:
     """One fine-pruning run on the shared budget; the model is saved for the latency / sparse parts."""
     import slimformer as sf
     from slimformer import models
@@ -60,10 +60,11 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
     teacher, tok, t = _STATE["teacher"], _STATE["tok"], _STATE["task"]
     model = clone(teacher) if start == "teacher" else models.load("minilm", task=t)[0]
     seed = SETTINGS["seed"] if seed is None else seed
-    cfg = PruneMovement(variant=variant, sparsity=sparsity, block=block, max_steps=SETTINGS["steps"],
+    steps = steps or SETTINGS["steps"]
+    cfg = PruneMovement(variant=variant, sparsity=sparsity, block=block, max_steps=steps,
                         batch_size=SETTINGS["batch"], lr=SETTINGS["lr"], score_lr=SETTINGS["score_lr"],
                         kd=SETTINGS["kd"], ce=SETTINGS["ce"], temperature=SETTINGS["temperature"],
-                        cache_teacher=True, save_steps=SETTINGS["steps"])
+                        cache_teacher=True, save_steps=steps)
     work = WORK / "train" / _slug(name)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -78,7 +79,7 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
     shutil.rmtree(work, ignore_errors=True)
     out = WORK / "models" / _slug(name)
     sf.save(model, tok, out)
-    row = {"model": name, "variant": variant, "block": block, "target_sparsity": sparsity, "seed": seed,
+    row = {"model": name, "variant": variant, "block": block, "target_sparsity": sparsity, "seed": seed, "steps": steps,
            "start": start, "dev_acc": accuracy(model, tok, t), "remaining": info["remaining"],
            "params": num_params(model), "train_s": wall, "train_loss": info["train"].get("train_loss"),
            "dir": str(out)}
@@ -155,6 +156,12 @@ def part_seeds(results: dict[str, Any]) -> dict[str, Any]:
     return _runs("seeds", _grid([0.10], seed=43), results)
 
 
+def part_long(results: dict[str, Any]) -> dict[str, Any]:
+    """4x the budget (480 steps, so a 48-step warm-up for the scores) at 10% remaining: magnitude vs hard."""
+    return _runs("long", [(f"{v} 10% 480 steps", dict(variant=v, sparsity=0.9, steps=480))
+                          for v in ("magnitude", "hard")], results)
+
+
 def part_block(results: dict[str, Any]) -> dict[str, Any]:
     s = SETTINGS["block_sparsity"]
     out = _runs("block", [(f"block hard {int(round((1 - s) * 100))}% heads+ffn", dict(variant="hard", sparsity=s,
@@ -219,7 +226,7 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
     return {"sizes": sizes, "kernel": curve}
 
 
-PARTS = {"main": part_main, "block": part_block, "latency": part_latency, "curve": part_curve,
+PARTS = {"main": part_main, "long": part_long, "block": part_block, "latency": part_latency, "curve": part_curve,
          "seeds": part_seeds, "sparse": part_sparse}
 
 
@@ -249,14 +256,16 @@ def main(parts: list[str]) -> None:
 def markdown() -> str:
     """The tables for docs/BENCHMARKS.md from benchmarks/results/movement_sst2.json."""
     d = json.loads((RESULTS / f"{NAME}.json").read_text())
-    rows = [r for p in ("main", "curve", "seeds") for r in d.get(p, {}).get("rows", []) if "dev_acc" in r]
+    rows = [r for p in ("main", "curve", "seeds", "long") for r in d.get(p, {}).get("rows", []) if "dev_acc" in r]
     out = [f"teacher (dense, fine-tuned): {d['teacher']['dev_acc']}", "",
-           "| remaining (target) | seed | gradual magnitude | hard movement | soft movement |", "|---|---|---|---|---|"]
-    keys = sorted({(1 - r["target_sparsity"], r["seed"]) for r in rows}, key=lambda k: (-k[0], k[1]))
-    for rem, seed in keys:
+           "| remaining (target) | steps | seed | gradual magnitude | hard movement | soft movement |",
+           "|---|---|---|---|---|---|"]
+    key = lambda r: (round(1 - r["target_sparsity"], 4), r.get("steps", d["settings"]["steps"]), r["seed"])  # noqa: E731
+    for rem, steps, seed in sorted({key(r) for r in rows}, key=lambda k: (-k[0], k[1], k[2])):
         cell = {r["variant"]: f"{r['dev_acc']} ({100 * r['remaining']:.1f}%)" for r in rows
-                if (1 - r["target_sparsity"], r["seed"]) == (rem, seed)}
-        out.append(f"| {100 * rem:.0f}% | {seed} | " + " | ".join(cell.get(v, "not run") for v in METHODS) + " |")
+                if key(r) == (rem, steps, seed)}
+        out.append(f"| {100 * rem:.0f}% | {steps} | {seed} | " + " | ".join(cell.get(v, "not run") for v in METHODS)
+                   + " |")
     lat = d.get("latency", {})
     out += ["", "| model | start | dev acc | params | heads kept | FFN neurons kept | b1 speed-up | b32 speed-up |",
             "|---|---|---|---|---|---|---|---|",
