@@ -30,6 +30,7 @@ CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
     "finetune": ({"epochs": 1, "max_train_examples": 8, "batch_size": 4}, {}),
     "prune_unstructured": ({"sparsity": 0.5}, {}),
     "prune_oneshot": ({"method": "sparsegpt", "sparsity": 0.5, "calib_examples": 8, "batch_size": 4}, {}),
+    "prune_movement": ({"sparsity": 0.5, "max_steps": 2, "batch_size": 4, "block": True}, {}),
     "factorize": ({"ratio": 0.5}, {}),
     "factorize_embeddings": ({"size": 8}, {"encoder-decoder": "tied", "decoder": "tied"}),
     "share_layers": ({}, {"encoder-decoder": "name one with stack:"}),

@@ -25,6 +25,7 @@ _LAZY = {
     "PruneFFN": (".prune.ffn", "PruneFFN"), "prune_ffn": (".prune.ffn", "prune_ffn"),
     **{n: (".prune.unstructured", n) for n in ("PruneUnstructured", "prune_unstructured", "sparse_size")},
     "PruneOneShot": (".prune.oneshot", "PruneOneShot"), "prune_oneshot": (".prune.oneshot", "prune_oneshot"),
+    "PruneMovement": (".prune.movement", "PruneMovement"), "prune_movement": (".prune.movement", "prune_movement"),
     "Factorize": (".factorize", "Factorize"), "FactorizeEmbeddings": (".factorize", "FactorizeEmbeddings"),
     "ShareLayers": (".share", "ShareLayers"), "to_albert": (".share", "to_albert"),
     "SharePairs": (".share", "SharePairs"),
