@@ -1,0 +1,115 @@
+"""Sentence embeddings: distillation on unlabelled sentences, embedding-aware pruning, deployable outputs,
+vocabulary pruning, and one-line errors for bad inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import slimformer as sf
+from slimformer.errors import SlimformerError
+from slimformer.tasks.similarity import embed
+
+WORDS = ("the a cat dog sat ran on under mat park near old tree river small big red blue man woman child "
+         "plays sings reads walks house car road city").split()
+SENTENCES = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(4 + i % 6)) for i in range(48)]
+
+
+def tiny_encoder(layers: int = 2, seed: int = 0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tf.BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
+                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return tf.BertModel(cfg).eval()
+
+
+def mse_to(teacher, student, tokenizer, texts=SENTENCES):
+    return float(torch.nn.functional.mse_loss(embed(student, tokenizer, texts, 32), embed(teacher, tokenizer, texts, 32)))
+
+
+def test_distill_embeddings_lowers_the_mse(tokenizer, tmp_path):
+    teacher = tiny_encoder(layers=2)
+    student = sf.make_student(teacher, layers=[0])
+    before = mse_to(teacher, student, tokenizer)
+    cfg = sf.DistillEmbeddings(epochs=8, batch_size=8, lr=1e-3, mse=1.0, cos=0.0)
+    student, stats = sf.distill_embeddings(student, teacher, tokenizer, SENTENCES, cfg, tmp_path / "w", max_len=32)
+    after = mse_to(teacher, student, tokenizer)
+    assert after < 0.5 * before, (before, after)
+    assert stats["sentences"] == len(SENTENCES)
+
+
+def sts_task(n: int = 24):
+    from slimformer.tasks import Example
+    from slimformer.tasks.similarity import SimilarityTask
+
+    exs = [Example(SENTENCES[i], float(i % 6), SENTENCES[(i + 5) % len(SENTENCES)]) for i in range(n)]
+    return SimilarityTask("toy-sts", {"train": exs, "dev": exs[:12]}, mode="embedding")
+
+
+def test_recipe_with_a_pca_projection_reloads_identically(tokenizer, tmp_path):
+    from slimformer.recipe import EvalSettings, compress
+
+    teacher = tiny_encoder(layers=2)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(SENTENCES))
+    steps = [{"step": "make_student", "layers": [1]},
+             {"step": "distill_embeddings", "texts": [str(text)], "dim": 16, "max_steps": 3, "batch_size": 8}]
+    ev = EvalSettings(max_examples=8, seq_len=8, batches=[1], latency_budget_s=0.05, max_len=32)
+    res = compress(teacher, tokenizer, steps, tmp_path / "out", sts_task(), ev, seed=1)
+    assert [r["step"] for r in res.rows] == ["input", "make_student", "distill_embeddings"]
+    assert "spearman" in res.rows[-1]["metrics"]
+    got = embed(res.model, tokenizer, SENTENCES[:5], 32)
+    assert got.shape == (5, 16)
+    reloaded, _ = sf.load(str(tmp_path / "out"))
+    torch.testing.assert_close(embed(reloaded, tokenizer, SENTENCES[:5], 32), got, atol=1e-5, rtol=0)
+
+
+def test_pca_projection_preserves_cosines_of_the_teacher():
+    from slimformer.distill.projection import pca_directions
+
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(200, 4, generator=g) @ torch.randn(4, 12, generator=g)  # rank 4 in 12 dimensions
+    w = pca_directions(e, 4)
+    p = e @ w.T
+    torch.testing.assert_close(p @ p.T, e @ e.T, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["heads", "ffn"])
+def test_embedding_importance_ranks_units_by_how_far_their_removal_moves_the_embeddings(kind, tokenizer):
+    from scipy.stats import spearmanr
+
+    from slimformer.prune.embedding_importance import (_embedding, embedding_importance, reference_embeddings,
+                                                       sentence_batches)
+    from slimformer.prune.gates import gated, ones_gates
+
+    model = tiny_encoder(layers=2, seed=3)
+    batches = sentence_batches(tokenizer, SENTENCES, 32, 16)
+    ref = reference_embeddings(model, batches)
+    scores = embedding_importance(model, batches, ref, kind)
+    est, real = [], []
+    for unit, s in scores.items():
+        for j in range(s.numel())[:8]:
+            gates = ones_gates(model, kind)
+            gates[unit][j] = 0.0
+            with torch.no_grad(), gated(model, **({"heads": gates} if kind == "heads" else {"neurons": gates})):
+                real.append(sum(0.5 * float((_embedding(model, b) - r).pow(2).sum()) for b, r in zip(batches, ref)))
+            est.append(float(s[j]))
+    assert spearmanr(est, real)[0] > 0.7, (est, real)
+
+
+def test_prune_with_the_embedding_criterion_needs_no_labels(tokenizer, tmp_path):
+    text = tmp_path / "s.txt"
+    text.write_text("\n".join(SENTENCES))
+    model = tiny_encoder()
+    cfg = sf.PruneFFN(keep=0.5, criterion="embedding", texts=[str(text)], batch_size=8)
+    assert not cfg.needs_data
+    model, info = sf.prune_ffn(model, cfg, tokenizer, None, max_len=32)
+    assert info["kept_total"] == info["original_total"] // 2
+    with pytest.raises(SlimformerError, match="task head"):
+        sf.PruneHeads(keep=0.5, criterion="embedding").preflight(make_classifier(), None)
+
+
+def make_classifier():
+    import transformers as tf
+
+    return tf.BertForSequenceClassification(tiny_encoder().config).eval()
