@@ -2,6 +2,8 @@
 vocabulary pruning, and one-line errors for bad inputs."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -113,3 +115,89 @@ def make_classifier():
     import transformers as tf
 
     return tf.BertForSequenceClassification(tiny_encoder().config).eval()
+
+
+def pruned_projected_encoder(tokenizer):
+    """A tiny sentence encoder with uneven heads and FFN widths per layer and a 16-dimension projection."""
+    from slimformer.distill.projection import add_projection
+    from slimformer.prune.ffn import keep_ffn
+    from slimformer.prune.heads import keep_heads
+
+    model = tiny_encoder(layers=2, seed=1)
+    keep_heads(model, {0: [0, 2], 1: [1, 2, 3]})
+    keep_ffn(model, {0: [1, 5, 9, 20], 1: list(range(30))})
+    return add_projection(model, torch.nn.init.orthogonal_(torch.empty(16, 32)))
+
+
+def test_sentence_transformers_folder_gives_the_models_embeddings(tokenizer, tmp_path):
+    from slimformer.export_embeddings import PROBE_TEXTS, folder_embeddings, write_sentence_transformers
+
+    model = pruned_projected_encoder(tokenizer)
+    res = write_sentence_transformers(model, tokenizer, tmp_path / "st")
+    assert res["min_cosine"] > 0.9999 and res["notes"]
+    import json
+
+    modules = json.loads((tmp_path / "st" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    want = embed(model, tokenizer, PROBE_TEXTS, 128, normalize=True)
+    got = folder_embeddings(tmp_path / "st", PROBE_TEXTS, 128)
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.9999
+    st = pytest.importorskip("sentence_transformers")
+    enc = st.SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(PROBE_TEXTS, convert_to_tensor=True)
+    assert enc.shape == (len(PROBE_TEXTS), 16)
+    assert torch.nn.functional.cosine_similarity(enc.float(), want).min() > 0.9999
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_onnx_with_pooling_inside_gives_the_models_embeddings(tokenizer, tmp_path, int8):
+    from slimformer.deploy import export_onnx
+    from slimformer.export_embeddings import PROBE_TEXTS, onnx_embeddings
+    from slimformer.steps import Context, apply_step
+
+    model = pruned_projected_encoder(tokenizer)
+    if int8:
+        ctx = Context(tokenizer=tokenizer, task=None, work_dir=tmp_path / "w")
+        model = apply_step(model, sf.QuantizeDynamic(backend="onnxruntime", guard=False), ctx)
+    info = export_onnx(model, tokenizer, tmp_path / "m.onnx", optimize=True, embedding=True)
+    assert info["min_cosine"] > 0.9999
+    got = onnx_embeddings(tmp_path / "m.onnx", tokenizer, PROBE_TEXTS + SENTENCES[:7])
+    want = embed(model, tokenizer, PROBE_TEXTS + SENTENCES[:7], 128, normalize=True)
+    assert got.shape == want.shape == (12, 16)
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.9999
+    torch.testing.assert_close(got.norm(dim=-1), torch.ones(12), atol=1e-5, rtol=0)
+
+
+def test_prune_vocab_keeps_corpus_text_exact_and_splits_unseen_words(tokenizer, tmp_path):
+    model = tiny_encoder()
+    before = embed(model, tokenizer, SENTENCES, 32)
+    pruned, tok, info = sf.prune_vocab(copy.deepcopy(model), tokenizer, SENTENCES, sf.PruneVocab())
+    assert len(tok) == info["kept_tokens"] < 3000 and pruned.config.vocab_size == len(tok)
+    assert pruned.get_input_embeddings().weight.shape[0] == len(tok)
+    torch.testing.assert_close(embed(pruned, tok, SENTENCES, 32), before, atol=1e-6, rtol=0)
+    for s in SENTENCES[:5]:  # the same pieces as before, under new ids
+        assert tok.tokenize(s) == tokenizer.tokenize(s)
+    pieces = tok.tokenize("zebras xylophone")  # never seen: split into kept single characters, not [UNK]
+    assert "[UNK]" not in pieces and "".join(p.removeprefix("##") for p in pieces) == "zebrasxylophone"
+    sf.save(pruned, tok, tmp_path / "m")
+    again, tok2 = sf.load(str(tmp_path / "m"))
+    assert tok2.tokenize("zebras xylophone") == pieces
+    torch.testing.assert_close(embed(again, tok2, SENTENCES, 32), before, atol=1e-6, rtol=0)
+
+
+def test_prune_vocab_in_a_recipe_hands_the_new_tokenizer_on(tokenizer, tmp_path):
+    from slimformer.recipe import EvalSettings, compress
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(SENTENCES))
+    steps = [{"step": "prune_heads", "keep": 0.5, "criterion": "embedding", "texts": [str(text)]},
+             {"step": "prune_vocab", "texts": [str(text)]},
+             {"step": "distill_embeddings", "max_steps": 2, "batch_size": 8, "dim": 16}]
+    ev = EvalSettings(max_examples=8, seq_len=8, batches=[1], latency_budget_s=0.05, max_len=32)
+    res = compress(tiny_encoder(), tokenizer, steps, tmp_path / "out", sts_task(), ev, seed=1)
+    reloaded, tok = sf.load(str(tmp_path / "out"))
+    assert len(tok) == reloaded.config.vocab_size < 3000
+    torch.testing.assert_close(embed(reloaded, tok, SENTENCES[:6], 32), embed(res.model, tok, SENTENCES[:6], 32),
+                               atol=1e-5, rtol=0)
+    from slimformer.export_embeddings import write_sentence_transformers
+
+    assert write_sentence_transformers(reloaded, tok, tmp_path / "st")["min_cosine"] > 0.9999

@@ -40,6 +40,7 @@ CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
     "quantize_mixed": ({"calib_examples": 4, "group_size": 16, "guard": False}, {}),
     "distill_embeddings": ({"max_steps": 2, "batch_size": 4, "dim": 16},
                            {"encoder-decoder": "not an encoder", "decoder": "not an encoder"}),
+    "prune_vocab": ({}, {"encoder-decoder": "tied", "decoder": "tied"}),
 }
 SENTENCE_ENCODER_STEPS = {"distill_embeddings"}  # on the encoder shape: a bare BERT with a similarity task
 

@@ -24,6 +24,7 @@ _LAZY = {
                                      "QuantizeMixed")},
     "PruneHeads": (".prune.heads", "PruneHeads"), "prune_heads": (".prune.heads", "prune_heads"),
     "PruneFFN": (".prune.ffn", "PruneFFN"), "prune_ffn": (".prune.ffn", "prune_ffn"),
+    "PruneVocab": (".prune.vocab", "PruneVocab"), "prune_vocab": (".prune.vocab", "prune_vocab"),
     **{n: (".prune.unstructured", n) for n in ("PruneUnstructured", "prune_unstructured", "sparse_size")},
     "Factorize": (".factorize", "Factorize"), "FactorizeEmbeddings": (".factorize", "FactorizeEmbeddings"),
     "ShareLayers": (".share", "ShareLayers"), "to_albert": (".share", "to_albert"),

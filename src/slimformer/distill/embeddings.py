@@ -178,8 +178,9 @@ class EmbeddingDistillTrainer(AtomicCheckpoints, Trainer):
 
 def distill_embeddings(student: nn.Module, teacher: nn.Module, tokenizer: Any, texts: list[str],
                        cfg: DistillEmbeddings, work_dir: str | Path, seed: int = 42, max_len: int = 128,
-                       resume: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Train student (in place) on the teacher's embeddings of texts; returns (student, stats)."""
+                       resume: bool = False, teacher_tokenizer: Any = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train student (in place) on the teacher's embeddings of texts; returns (student, stats).
+    `teacher_tokenizer`: the teacher's, when it differs from the student's (after prune_vocab)."""
     from ..data import EncodedDataset
     from ..train import TrainConfig, run_training, set_seed, training_args
 
@@ -187,7 +188,7 @@ def distill_embeddings(student: nn.Module, teacher: nn.Module, tokenizer: Any, t
     check_sentence_encoder(student, None, cfg.step)
     check_sentence_encoder(teacher, None, cfg.step)
     t0 = time.perf_counter()
-    targets = teacher_embeddings(teacher, tokenizer, texts, max_len, work_dir / "teacher_embeddings.safetensors")
+    targets = teacher_embeddings(teacher, teacher_tokenizer or tokenizer, texts, max_len, work_dir / "teacher_embeddings.safetensors")
     cache_s = time.perf_counter() - t0
     if cfg.dim is not None:
         check(projection(student) is None, "distill_embeddings: dim: the model already has an output projection")
@@ -226,8 +227,8 @@ def distill_embeddings_step(model: nn.Module, cfg: DistillEmbeddings, ctx: Conte
     from ..models import load
 
     texts = sentences_for(cfg.texts, cfg.text_column, cfg.max_sentences, ctx.task, cfg.step, ctx.seed)
-    teacher = load(cfg.teacher)[0] if cfg.teacher else ctx.original()
+    teacher, teacher_tok = load(cfg.teacher) if cfg.teacher else (ctx.original(), ctx.original_tokenizer())
     model, stats = distill_embeddings(model, teacher, ctx.tokenizer, texts, cfg, ctx.work_dir / "distill_embeddings",
-                                      ctx.seed, ctx.max_len, ctx.resume)
+                                      ctx.seed, ctx.max_len, ctx.resume, teacher_tok)
     ctx.note("distill_embeddings", stats)
     return model
