@@ -201,3 +201,21 @@ def test_prune_vocab_in_a_recipe_hands_the_new_tokenizer_on(tokenizer, tmp_path)
     from slimformer.export_embeddings import write_sentence_transformers
 
     assert write_sentence_transformers(reloaded, tok, tmp_path / "st")["min_cosine"] > 0.9999
+
+
+def test_sentence_throughput_encodes_the_corpus_with_every_candidate(tokenizer, tmp_path):
+    from slimformer.deploy import export_onnx
+    from slimformer.throughput import encoder, length_batches, onnx_encoder, sentence_throughput
+
+    model = tiny_encoder()
+    export_onnx(model, tokenizer, tmp_path / "m.onnx", embedding=True)
+    batches = length_batches(SENTENCES, 16)
+    assert [len(b) for b in batches] == [16, 16, 16] and len(batches[0][0]) >= len(batches[-1][-1])
+    torch.testing.assert_close(onnx_encoder(str(tmp_path / "m.onnx"), tokenizer)(SENTENCES[:4]),
+                               encoder(model, tokenizer)(SENTENCES[:4]), atol=1e-5, rtol=0)
+    res = sentence_throughput(lambda: {"torch": encoder(model, tokenizer),
+                                       "onnx": onnx_encoder(str(tmp_path / "m.onnx"), tokenizer)},
+                              SENTENCES, batch=16, n_threads=1, rounds=2, tokenizer=tokenizer)
+    for r in res.values():
+        assert r.sentences == len(SENTENCES) and r.passes == 2 and r.sentences_per_s > 0 and r.threads == 1
+        assert r.mean_tokens > 4
