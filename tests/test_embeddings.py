@@ -21,7 +21,7 @@ def tiny_encoder(layers: int = 2, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = tf.BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
-                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                        max_position_embeddings=160, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return tf.BertModel(cfg).eval()
 
 
@@ -219,3 +219,46 @@ def test_sentence_throughput_encodes_the_corpus_with_every_candidate(tokenizer, 
     for r in res.values():
         assert r.sentences == len(SENTENCES) and r.passes == 2 and r.sentences_per_s > 0 and r.threads == 1
         assert r.mean_tokens > 4
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("empty.txt", "\n\n", "no text"),
+    ("t.csv", "id,score\n1,2\n", "no text column among"),
+    ("t.jsonl", '{"sentence": "a"}\n', "no text column 'body'"),
+    ("sts.csv", "g\tf\t2012\t1\tfive\tA cat.\tA dog.\n", "not a number"),
+    ("missing.txt", None, "not found"),
+])
+def test_bad_sentence_sources_get_one_line(tmp_path, name, content, fragment):
+    from slimformer.tasks.sentences import read_sentences
+
+    p = tmp_path / name
+    if content is not None:
+        p.write_text(content)
+    with pytest.raises(SlimformerError) as e:
+        read_sentences([p], column="body" if name == "t.jsonl" else None)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_bad_embedding_inputs_are_one_line_errors(tmp_path, tokenizer, capsys):
+    from cli_helpers import invoke
+
+    sf.save(tiny_encoder(), tokenizer, tmp_path / "enc")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "r.yaml").write_text(f"eval: {{seq_len: 8, batches: [1]}}\nsteps:\n"
+                                     f"  - {{step: distill_embeddings, texts: [{tmp_path / 'empty.txt'}]}}\n")
+    code, err = invoke(capsys, "compress", tmp_path / "enc", "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "o")
+    assert code == 1 and err.count("\n") == 1 and "no text" in err
+    data = tmp_path / "sts"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"sentence1": "a", "sentence2": "b"}\n')
+    code, err = invoke(capsys, "evaluate", tmp_path / "enc", "--task", "similarity", "--data", data)
+    assert code == 1 and err.count("\n") == 1 and "score column" in err
+    (data / "train.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "score": "high"}\n')
+    code, err = invoke(capsys, "evaluate", tmp_path / "enc", "--task", "similarity", "--data", data)
+    assert code == 1 and err.count("\n") == 1 and "not a number" in err
+    code, err = invoke(capsys, "export", tmp_path / "enc", "--sentence-transformers", tmp_path / "st", "--embedding")
+    assert code == 2
+    clf = tmp_path / "clf"
+    sf.save(make_classifier(), tokenizer, clf)
+    code, err = invoke(capsys, "export", clf, "--sentence-transformers", tmp_path / "st")
+    assert code == 1 and err.count("\n") == 1 and "task head" in err

@@ -67,6 +67,10 @@ class DistillEmbeddings(StepConfig):
 
     def preflight(self, model: nn.Module, task: Any) -> None:
         check_sentence_encoder(model, task, self.step)
+        if self.texts:  # a missing or empty source is refused before any work
+            from ..tasks.sentences import read_sentences
+
+            read_sentences(self.texts, self.text_column, 1)
         check(self.dim is None or projection(model) is None,
               "distill_embeddings: dim: the model already has an output projection")
         check(self.dim is None or self.dim <= model.config.hidden_size,

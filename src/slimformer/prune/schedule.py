@@ -54,6 +54,10 @@ class StructuredPrune(StepConfig):
             from ..distill.embeddings import check_sentence_encoder
 
             check_sentence_encoder(model, task, self.step)
+            if self.texts:
+                from ..tasks.sentences import read_sentences
+
+                read_sentences(self.texts, None, 1)
 
     @model_validator(mode="after")
     def _target(self) -> "StructuredPrune":

@@ -49,6 +49,10 @@ class PruneVocab(StepConfig):
               "vocabulary would change); it serves encoders")
         check(not ad.is_multi_stack(model), "prune_vocab: the table is shared by both stacks of an encoder-decoder; "
               "it serves encoders")
+        if self.texts:  # a missing or empty corpus is refused before any work
+            from ..tasks.sentences import read_sentences
+
+            read_sentences(self.texts, self.text_column, 1)
 
 
 def _backend(tokenizer: Any) -> dict[str, Any]:
