@@ -195,7 +195,8 @@ def main() -> None:
             write_result(NAME, result)
     result["wall_s"] = round(time.time() - t0, 1)
     path = write_result(NAME, result)
-    print_table(result["rows"], f"sentence embeddings, {args.threads} threads (STS-B dev; corpus {len(corpus)} sentences)")
+    print_table(result["rows"], f"sentence embeddings, {args.threads} threads (STS-B dev; corpus {len(corpus)} "
+                                f"sentences)")
     print(f"wrote {path}")
 
 

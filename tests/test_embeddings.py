@@ -26,7 +26,8 @@ def tiny_encoder(layers: int = 2, seed: int = 0):
 
 
 def mse_to(teacher, student, tokenizer, texts=SENTENCES):
-    return float(torch.nn.functional.mse_loss(embed(student, tokenizer, texts, 32), embed(teacher, tokenizer, texts, 32)))
+    return float(torch.nn.functional.mse_loss(embed(student, tokenizer, texts, 32),
+                                              embed(teacher, tokenizer, texts, 32)))
 
 
 def test_distill_embeddings_lowers_the_mse(tokenizer, tmp_path):

@@ -192,7 +192,8 @@ def distill_embeddings(student: nn.Module, teacher: nn.Module, tokenizer: Any, t
     check_sentence_encoder(student, None, cfg.step)
     check_sentence_encoder(teacher, None, cfg.step)
     t0 = time.perf_counter()
-    targets = teacher_embeddings(teacher, teacher_tokenizer or tokenizer, texts, max_len, work_dir / "teacher_embeddings.safetensors")
+    targets = teacher_embeddings(teacher, teacher_tokenizer or tokenizer, texts, max_len,
+                                 work_dir / "teacher_embeddings.safetensors")
     cache_s = time.perf_counter() - t0
     if cfg.dim is not None:
         check(projection(student) is None, "distill_embeddings: dim: the model already has an output projection")
