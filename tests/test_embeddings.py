@@ -49,24 +49,6 @@ def sts_task(n: int = 24):
     return SimilarityTask("toy-sts", {"train": exs, "dev": exs[:12]}, mode="embedding")
 
 
-def test_recipe_with_a_pca_projection_reloads_identically(tokenizer, tmp_path):
-    from slimformer.recipe import EvalSettings, compress
-
-    teacher = tiny_encoder(layers=2)
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n".join(SENTENCES))
-    steps = [{"step": "make_student", "layers": [1]},
-             {"step": "distill_embeddings", "texts": [str(text)], "dim": 16, "max_steps": 3, "batch_size": 8}]
-    ev = EvalSettings(max_examples=8, seq_len=8, batches=[1], latency_budget_s=0.05, max_len=32)
-    res = compress(teacher, tokenizer, steps, tmp_path / "out", sts_task(), ev, seed=1)
-    assert [r["step"] for r in res.rows] == ["input", "make_student", "distill_embeddings"]
-    assert "spearman" in res.rows[-1]["metrics"]
-    got = embed(res.model, tokenizer, SENTENCES[:5], 32)
-    assert got.shape == (5, 16)
-    reloaded, _ = sf.load(str(tmp_path / "out"))
-    torch.testing.assert_close(embed(reloaded, tokenizer, SENTENCES[:5], 32), got, atol=1e-5, rtol=0)
-
-
 def test_pca_projection_preserves_cosines_of_the_teacher():
     from slimformer.distill.projection import pca_directions
 
@@ -185,7 +167,7 @@ def test_prune_vocab_keeps_corpus_text_exact_and_splits_unseen_words(tokenizer, 
     torch.testing.assert_close(embed(again, tok2, SENTENCES, 32), before, atol=1e-6, rtol=0)
 
 
-def test_prune_vocab_in_a_recipe_hands_the_new_tokenizer_on(tokenizer, tmp_path):
+def test_recipe_prunes_on_embeddings_shrinks_the_vocab_distills_to_a_projection_and_reloads(tokenizer, tmp_path):
     from slimformer.recipe import EvalSettings, compress
 
     text = tmp_path / "corpus.txt"
@@ -195,8 +177,11 @@ def test_prune_vocab_in_a_recipe_hands_the_new_tokenizer_on(tokenizer, tmp_path)
              {"step": "distill_embeddings", "max_steps": 2, "batch_size": 8, "dim": 16}]
     ev = EvalSettings(max_examples=8, seq_len=8, batches=[1], latency_budget_s=0.05, max_len=32)
     res = compress(tiny_encoder(), tokenizer, steps, tmp_path / "out", sts_task(), ev, seed=1)
+    assert [r["step"] for r in res.rows] == ["input", "prune_heads", "prune_vocab", "distill_embeddings"]
+    assert all("spearman" in r["metrics"] for r in res.rows)
     reloaded, tok = sf.load(str(tmp_path / "out"))
     assert len(tok) == reloaded.config.vocab_size < 3000
+    assert embed(reloaded, tok, SENTENCES[:6], 32).shape == (6, 16)
     torch.testing.assert_close(embed(reloaded, tok, SENTENCES[:6], 32), embed(res.model, tok, SENTENCES[:6], 32),
                                atol=1e-5, rtol=0)
     from slimformer.export_embeddings import write_sentence_transformers
