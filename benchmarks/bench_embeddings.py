@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--b1-sentences", type=int, default=800, help="batch 1 encodes the first N corpus sentences")
     ap.add_argument("--quick", action="store_true", help="small subsets (a smoke run; figures not for quoting)")
+    ap.add_argument("--keep", type=Path, help="copy the pooled ONNX files (and tokenizers) here (for the peers run)")
     args = ap.parse_args()
     import torch
 
@@ -193,6 +194,13 @@ def main() -> None:
                 rows[name][f"seq128_b{b}_ms"] = round(r.median_ms, 2)
                 rows[name][f"seq128_b{b}"] = r.summary()
             write_result(NAME, result)
+        if args.keep:
+            import shutil
+
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for f in Path(d).iterdir():
+                if f.suffix == ".onnx" or f.name.endswith("-tokenizer"):
+                    (shutil.copytree if f.is_dir() else shutil.copy)(f, args.keep / f.name)
     result["wall_s"] = round(time.time() - t0, 1)
     path = write_result(NAME, result)
     print_table(result["rows"], f"sentence embeddings, {args.threads} threads (STS-B dev; corpus {len(corpus)} "

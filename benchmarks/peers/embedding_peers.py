@@ -5,11 +5,14 @@ sentence-transformers' ONNX extra pins transformers 4, so this runs in its own v
     python3 -m venv /work/venv-embed
     /work/venv-embed/bin/pip install torch==2.13.0 'sentence-transformers[onnx]' 'model2vec[distill]'
     flock /tmp/slimformer-heavy.lock /work/venv-embed/bin/python benchmarks/peers/embedding_peers.py \
-        MINILM_DIR SLIMFORMER.onnx SLIMFORMER-tokenizer/ --threads 2
+        MINILM_DIR A.onnx [B.onnx ...] --threads 2
+
+A.onnx, ...: slimformer's pooled ONNX files (`slimformer export --onnx A.onnx --embedding`, tokenizer in
+A-tokenizer/), e.g. the ones `bench_embeddings.py --keep DIR` leaves in DIR.
 
 Candidates: all-MiniLM-L6-v2 in sentence-transformers (PyTorch, the reference), its `backend="onnx"` export,
 its dynamic INT8 export (`export_dynamic_quantized_onnx_model`), Model2Vec distilled from the same model
-(static token embeddings, PCA to 256), and slimformer's pooled ONNX file run with ONNX Runtime. Each is
+(static token embeddings, PCA to 256), and slimformer's pooled ONNX files run with ONNX Runtime. Each is
 measured as its users call it (`encode(texts, batch_size=b)`: length-sorted, dynamically padded batches; the
 slimformer file through the same loop): STS-B dev Spearman, MB on disk, sentences/s at batch 1, 32 and 128
 (candidates interleaved, median of rounds) and top-10 neighbour overlap with the reference. Writes JSON.
@@ -88,8 +91,7 @@ def size_mb(paths: list[Path]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("minilm")
-    ap.add_argument("slimformer_onnx")
-    ap.add_argument("slimformer_tokenizer")
+    ap.add_argument("slimformer_onnx", nargs="+")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--b1-sentences", type=int, default=800)
@@ -119,7 +121,6 @@ def main() -> None:
 
     m2v = distill(model_name=str(src), pca_dims=256)
     m2v.save_pretrained(str(work / "m2v"))
-    slim = slimformer_encoder(args.slimformer_onnx, args.slimformer_tokenizer, args.threads)
     build_s = round(time.time() - t0, 1)
     cands = {
         "sentence-transformers (PyTorch)": lambda t, b: ref.encode(t, batch_size=b, normalize_embeddings=True),
@@ -127,14 +128,17 @@ def main() -> None:
         f"sentence-transformers ONNX INT8 ({qconf})": lambda t, b: int8.encode(t, batch_size=b,
                                                                              normalize_embeddings=True),
         "model2vec (256, distilled)": lambda t, b: m2v.encode(t, batch_size=b),
-        "slimformer best (ONNX)": slim,
     }
+    for f in args.slimformer_onnx:
+        p = Path(f)
+        cands[f"slimformer {p.stem}"] = slimformer_encoder(str(p), str(p.parent / f"{p.stem}-tokenizer"),
+                                                           args.threads)
     sizes = {
         "sentence-transformers (PyTorch)": size_mb([src / "model.safetensors"]),
         "sentence-transformers ONNX": size_mb([src / "onnx" / "model.onnx"]),
         f"sentence-transformers ONNX INT8 ({qconf})": size_mb([src / qfile]),
         "model2vec (256, distilled)": size_mb([p for p in (work / "m2v").iterdir() if p.suffix == ".safetensors"]),
-        "slimformer best (ONNX)": size_mb([Path(args.slimformer_onnx)]),
+        **{f"slimformer {Path(f).stem}": size_mb([Path(f)]) for f in args.slimformer_onnx},
     }
     a, b, gold = read_stsb_dev()
     corpus = read_corpus()
