@@ -244,6 +244,10 @@ def test_cli_bad_embedding_inputs_are_one_line_errors(tmp_path, tokenizer, capsy
     assert code == 1 and err.count("\n") == 1 and "not a number" in err
     code, err = invoke(capsys, "export", tmp_path / "enc", "--sentence-transformers", tmp_path / "st", "--embedding")
     assert code == 2
+    code, _ = invoke(capsys, "export", tmp_path / "enc", "--sentence-transformers", tmp_path / "st")
+    assert code == 0 and (tmp_path / "st" / "modules.json").is_file()
+    code, _ = invoke(capsys, "export", tmp_path / "enc", "--onnx", tmp_path / "e.onnx", "--embedding")
+    assert code == 0 and (tmp_path / "e-tokenizer").is_dir()
     clf = tmp_path / "clf"
     sf.save(make_classifier(), tokenizer, clf)
     code, err = invoke(capsys, "export", clf, "--sentence-transformers", tmp_path / "st")
