@@ -94,12 +94,24 @@ def _export_torchscript(model: torch.nn.Module, sample: dict[str, torch.Tensor],
             model.set_attn_implementation("eager")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (), str(out), kwargs=sample, input_names=names, output_names=["logits"],
-                              opset_version=opset, dynamo=False,
+            torch.onnx.export(_Positional(model, names), tuple(sample[k] for k in names), str(out),
+                              input_names=names, output_names=["logits"], opset_version=opset, dynamo=False,
                               dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names})
     finally:
         if switch:
             model.set_attn_implementation(before)
+
+
+class _Positional(torch.nn.Module):
+    """Calls the model with its inputs by name and returns its first output. The TorchScript exporter passes
+    inputs positionally, which a bare encoder's forward (`use_cache` among its first parameters) misreads."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return _logits(self.model(**dict(zip(self.names, inputs))))
 
 
 def _logits(output: Any) -> torch.Tensor:

@@ -82,7 +82,7 @@ def fits(cfg: "Distill", student: nn.Module, task: Task | None) -> None:
     if task is None:
         return
     check(task.distill_target != "embedding", "distill: a sentence-embedding model (similarity, embedding mode) "
-          "is not distilled by this step yet; use regression mode or finetune")
+          "is distilled on its embeddings by the distill_embeddings step")
     task.check_model(student)
     check(not cfg.cache_teacher or task.distill_target in ("logits", "regression"),
           "distill: cache_teacher stores one logit row per example; per-token targets (translation, language "
