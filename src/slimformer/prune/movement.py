@@ -46,7 +46,10 @@ class PruneMovement(Distill):
 
     step: ClassVar[str] = "prune_movement"
     variant: Literal["hard", "soft", "magnitude"] = Field("hard", description="hard: top-k of learned scores | "
-                                                          "soft: threshold + L1 on the scores | magnitude: |W|")
+                                                          "soft: threshold + L1 on the scores | magnitude: |W| "
+                                                          "(hard and soft are experimental: on MiniLM SST-2 with "
+                                                          "a few hundred steps they did not beat magnitude at 10%, "
+                                                          "docs/BENCHMARKS.md section 8)")
     sparsity: float = Field(..., description="fraction of the included weights pruned at the end, in (0, 1)")
     block: bool = Field(False, description="score whole attention heads and FFN neurons, then remove the "
                         "emptied ones physically (Lagunas et al. 2021)")
