@@ -179,3 +179,15 @@ def test_kernel_curve_checks_the_sparse_product_and_reports_both_kernels():
 
     rows = kernel_curve(out_features=16, in_features=8, rows=4, threads=1, sparsities=[0.5], budget_s=0.01)
     assert rows[0]["sparsity"] == 0.5 and rows[0]["dense_ms"] > 0 and rows[0]["csr_ms"] > 0
+
+
+@pytest.mark.parametrize("shape", ["encoder-decoder", "decoder"])
+def test_weight_level_movement_runs_on_generative_shapes(shape, tokenizer, tmp_path):
+    """The step matrix runs block mode; this runs the weight-level scores on Marian and Llama."""
+    from test_step_matrix import SHAPES, _task
+
+    model = tiny(SHAPES[shape])
+    cfg = PruneMovement(sparsity=0.5, max_steps=2, batch_size=4, kd=0, ce=1)
+    out, info = prune_movement(model, model, tokenizer, _task(shape), cfg, tmp_path / "w", max_len=16)
+    assert info["remaining"] == pytest.approx(0.5, abs=0.01)
+    assert torch.isfinite(logits(out, inputs(out))).all()
