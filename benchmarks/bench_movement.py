@@ -5,12 +5,13 @@
         benchmarks/bench_movement.py main block latency sparse long   # measured; curve, seeds: not run yet
 
 Each part merges its figures into benchmarks/results/movement_sst2.json (rows are written as they finish).
-Budget (SETTINGS): every pruned model is fine-pruned from the pre-trained packaged `minilm` (new classifier head),
-as in the paper, for `steps` (120; the `long` part 480) optimizer steps of batch 32 at train max_len 64, distilled from the SST-2 teacher
-(kd 1 + ce 0.5, T 2, teacher logits cached), weights lr `lr`, scores lr `score_lr`, pruning warm-up 10% / cool-down
-20% of the run, cubic schedule in between. Encoder q/k/v/output and FFN up/down Linears only. Dev accuracy at
-max_len 128 on the 872 dev sentences. The structured baseline (prune_heads + prune_ffn, gradient importance)
-starts from the fine-tuned teacher, as slimformer's demo does, and gets the same distillation budget.
+Budget (SETTINGS): every unstructured model and the first block model are fine-pruned from the pre-trained packaged
+`minilm` (new classifier head), as in the paper, for `steps` optimizer steps (120; 480 in `long`) of batch 32 at
+train max_len 64, distilled from the SST-2 teacher (kd 1 + ce 0.5, T 2, teacher logits cached), weights lr `lr`,
+scores lr `score_lr`, pruning warm-up 10% / cool-down 20% of the run, cubic schedule in between. Encoder
+q/k/v/output and FFN up/down Linears only. Dev accuracy at max_len 128 on the 872 dev sentences. The second block
+model and the structured baseline (prune_heads + prune_ffn, gradient importance) start from the fine-tuned
+teacher, as slimformer's demo does, with the same distillation budget.
 """
 from __future__ import annotations
 
