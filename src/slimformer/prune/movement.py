@@ -186,11 +186,16 @@ def remove_empty_units(model: nn.Module, plan: Plan, masks: dict[str, torch.Tens
     return {"heads_kept": {u: len(v) for u, v in heads.items()}, "ffn_kept": {u: len(v) for u, v in ffn.items()}}
 
 
-def prune_movement(model: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, cfg: PruneMovement,
+def prune_movement(model: nn.Module, teacher: nn.Module | None, tokenizer: Any, task: Task, cfg: PruneMovement,
                    work_dir: str | Path, seed: int = 42, max_len: int = 128,
                    resume: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Fine-prune model in place by cfg (distilling from teacher when cfg.kd); returns (model, report)."""
+    """Fine-prune model in place by cfg (distilling from teacher when cfg.kd; teacher None: labels only, with
+    kd and the hidden-state terms at 0); returns (model, report)."""
     cfg.preflight(model, task)
+    if teacher is None:
+        check(not cfg.weights().kd and not cfg.weights().needs_teacher_states,
+              f"{cfg.step}: kd, cos, hidden, attention and pkd need a teacher; pass one or set them to 0")
+        teacher = model  # never run: the loss is the labels' alone
     groups = build_groups(model, cfg)
     plan = Plan(cfg.variant, groups)
     before = sum(m.weight.numel() for m in prunable(model, None if cfg.block else cfg.include).values())
