@@ -2,15 +2,16 @@
 (heads + FFN neurons removed) vs prune_heads + prune_ffn at equal size, and whether sparse kernels pay.
 
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \
-        benchmarks/bench_movement.py main block latency curve seeds sparse
+        benchmarks/bench_movement.py main block latency sparse long   # measured; curve, seeds: not run yet
 
 Each part merges its figures into benchmarks/results/movement_sst2.json (rows are written as they finish).
-Budget (SETTINGS): every pruned model is fine-pruned from the pre-trained packaged `minilm` (new classifier head),
-as in the paper, for `steps` optimizer steps of batch 32 at train max_len 64, distilled from the SST-2 teacher
-(kd 1 + ce 0.5, T 2, teacher logits cached), weights lr `lr`, scores lr `score_lr`, pruning warm-up 10% / cool-down
-20% of the run, cubic schedule in between. Encoder q/k/v/output and FFN up/down Linears only. Dev accuracy at
-max_len 128 on the 872 dev sentences. The structured baseline (prune_heads + prune_ffn, gradient importance)
-starts from the fine-tuned teacher, as slimformer's demo does, and gets the same distillation budget.
+Budget (SETTINGS): every unstructured model and the first block model are fine-pruned from the pre-trained packaged
+`minilm` (new classifier head), as in the paper, for `steps` optimizer steps (120; 480 in `long`) of batch 32 at
+train max_len 64, distilled from the SST-2 teacher (kd 1 + ce 0.5, T 2, teacher logits cached), weights lr `lr`,
+scores lr `score_lr`, pruning warm-up 10% / cool-down 20% of the run, cubic schedule in between. Encoder
+q/k/v/output and FFN up/down Linears only. Dev accuracy at max_len 128 on the 872 dev sentences. The second block
+model and the structured baseline (prune_heads + prune_ffn, gradient importance) start from the fine-tuned
+teacher, as slimformer's demo does, with the same distillation budget.
 """
 from __future__ import annotations
 
@@ -260,7 +261,10 @@ def markdown() -> str:
     out = [f"teacher (dense, fine-tuned): {d['teacher']['dev_acc']}", "",
            "| remaining (target) | steps | seed | gradual magnitude | hard movement | soft movement |",
            "|---|---|---|---|---|---|"]
-    key = lambda r: (round(1 - r["target_sparsity"], 4), r.get("steps", d["settings"]["steps"]), r["seed"])  # noqa: E731
+
+    def key(r: dict[str, Any]) -> tuple[float, int, int]:
+        return round(1 - r["target_sparsity"], 4), r.get("steps", d["settings"]["steps"]), r["seed"]
+
     for rem, steps, seed in sorted({key(r) for r in rows}, key=lambda k: (-k[0], k[1], k[2])):
         cell = {r["variant"]: f"{r['dev_acc']} ({100 * r['remaining']:.1f}%)" for r in rows
                 if key(r) == (rem, steps, seed)}

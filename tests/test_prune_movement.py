@@ -179,3 +179,49 @@ def test_kernel_curve_checks_the_sparse_product_and_reports_both_kernels():
 
     rows = kernel_curve(out_features=16, in_features=8, rows=4, threads=1, sparsities=[0.5], budget_s=0.01)
     assert rows[0]["sparsity"] == 0.5 and rows[0]["dense_ms"] > 0 and rows[0]["csr_ms"] > 0
+
+
+@pytest.mark.parametrize("shape", ["encoder-decoder", "decoder"])
+def test_weight_level_movement_runs_on_generative_shapes(shape, tokenizer, tmp_path):
+    """The step matrix runs block mode; this runs the weight-level scores on Marian and Llama."""
+    from test_step_matrix import SHAPES, _task
+
+    model = tiny(SHAPES[shape])
+    cfg = PruneMovement(sparsity=0.5, max_steps=2, batch_size=4, kd=0, ce=1)
+    out, info = prune_movement(model, model, tokenizer, _task(shape), cfg, tmp_path / "w", max_len=16)
+    assert info["remaining"] == pytest.approx(0.5, abs=0.01)
+    assert torch.isfinite(logits(out, inputs(out))).all()
+
+
+def test_an_interrupted_run_resumes_to_the_same_model(tiny_bert, tokenizer, tmp_path, monkeypatch):
+    """Scores and masked weights are in the Trainer's checkpoints: killed after step 2 of 4, resumed, the folded
+    model equals an uninterrupted run's."""
+    import slimformer.prune.movement as mv
+
+    (tmp_path / "data").mkdir()
+    task = write_tiny_sst2(tmp_path / "data", n=32)
+    cfg = PruneMovement(sparsity=0.75, max_steps=4, batch_size=8, save_steps=2, lr=1e-3, kd=0, ce=1)
+    want, _ = prune_movement(tiny_bert(), None, tokenizer, task, cfg, tmp_path / "a", max_len=16)
+
+    plain = mv.schedule_callback
+
+    def dying(plan, c):
+        cb = plain(plan, c)
+        step_begin = cb.on_step_begin
+
+        def on_step_begin(args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+            step_begin(args, state, control, **kw)
+
+        cb.on_step_begin = on_step_begin
+        return cb
+
+    monkeypatch.setattr(mv, "schedule_callback", dying)
+    with pytest.raises(KeyboardInterrupt):
+        prune_movement(tiny_bert(), None, tokenizer, task, cfg, tmp_path / "b", max_len=16)
+    monkeypatch.setattr(mv, "schedule_callback", plain)
+    got, info = prune_movement(tiny_bert(), None, tokenizer, task, cfg, tmp_path / "b", max_len=16, resume=True)
+    assert str(info["train"]["resumed_from"]).endswith("checkpoint-2")
+    for k, v in want.state_dict().items():
+        torch.testing.assert_close(got.state_dict()[k], v, atol=1e-6, rtol=0)

@@ -46,7 +46,10 @@ class PruneMovement(Distill):
 
     step: ClassVar[str] = "prune_movement"
     variant: Literal["hard", "soft", "magnitude"] = Field("hard", description="hard: top-k of learned scores | "
-                                                          "soft: threshold + L1 on the scores | magnitude: |W|")
+                                                          "soft: threshold + L1 on the scores | magnitude: |W| "
+                                                          "(hard and soft are experimental: on MiniLM SST-2 with "
+                                                          "a few hundred steps they did not beat magnitude at 10%, "
+                                                          "docs/BENCHMARKS.md section 9)")
     sparsity: float = Field(..., description="fraction of the included weights pruned at the end, in (0, 1)")
     block: bool = Field(False, description="score whole attention heads and FFN neurons, then remove the "
                         "emptied ones physically (Lagunas et al. 2021)")
@@ -183,11 +186,16 @@ def remove_empty_units(model: nn.Module, plan: Plan, masks: dict[str, torch.Tens
     return {"heads_kept": {u: len(v) for u, v in heads.items()}, "ffn_kept": {u: len(v) for u, v in ffn.items()}}
 
 
-def prune_movement(model: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, cfg: PruneMovement,
+def prune_movement(model: nn.Module, teacher: nn.Module | None, tokenizer: Any, task: Task, cfg: PruneMovement,
                    work_dir: str | Path, seed: int = 42, max_len: int = 128,
                    resume: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Fine-prune model in place by cfg (distilling from teacher when cfg.kd); returns (model, report)."""
+    """Fine-prune model in place by cfg (distilling from teacher when cfg.kd; teacher None: labels only, with
+    kd and the hidden-state terms at 0); returns (model, report)."""
     cfg.preflight(model, task)
+    if teacher is None:
+        check(not cfg.weights().kd and not cfg.weights().needs_teacher_states,
+              f"{cfg.step}: kd, cos, hidden, attention and pkd need a teacher; pass one or set them to 0")
+        teacher = model  # never run: the loss is the labels' alone
     groups = build_groups(model, cfg)
     plan = Plan(cfg.variant, groups)
     before = sum(m.weight.numel() for m in prunable(model, None if cfg.block else cfg.include).values())

@@ -52,7 +52,8 @@ class PruneUnstructured(StepConfig):
     criterion: Literal["magnitude", "movement"] = Field("magnitude", description="magnitude |W| (no data) | "
                                                         "movement -W*grad (Sanh et al.; needs task data; "
                                                         "experimental: collapsed on MiniLM SST-2 at 70%, "
-                                                        "see docs/BENCHMARKS.md section 6)")
+                                                        "see docs/BENCHMARKS.md section 6; learned scores: "
+                                                        "the prune_movement step)")
     include: list[str] | None = Field(None, description="regexes on Linear module names; default: attention "
                                       "query/key/value/output and FFN up/down of every layer")
 
