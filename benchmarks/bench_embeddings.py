@@ -6,7 +6,8 @@
 The students are `slimformer compress` outputs of recipes/embed_3layer.yaml and recipes/embed_pruned.yaml
 (their training budget is in their ledgers). From each model this script derives, without training, the
 vocabulary-pruned version (prune_vocab on the distillation corpus: STS-B train, Multi30k English train, MRPC
-train) and the fused ONNX Runtime INT8 graph (quantize_dynamic, backend onnxruntime), and it measures every
+train) and the ONNX Runtime INT8 graph (quantize_dynamic, backend onnxruntime: fused when ORT's fusion passes
+its check against PyTorch), and it measures every
 variant in its deployable form (PyTorch, or ONNX with pooling and normalisation inside the graph):
 
 - STS-B dev Spearman (x100) of the cosine of embeddings, computed from the deployed encoder's own output;
@@ -118,9 +119,9 @@ def build_variants(teacher_name: str, students: list[Path], work: Path, vocab_te
     teacher, tok = models.load(teacher_name, task=stsb)
     out.append(Variant("teacher", tok, teacher, how="all-MiniLM-L6-v2, PyTorch fp32"))
     out.append(Variant("teacher ONNX fp32", tok, onnx=onnx_of("teacher-fp32", teacher, tok),
-                       how="ORT-fused graph, pooling inside"))
+                       how="ORT graph (--optimize), pooling inside"))
     out.append(Variant("teacher INT8", tok, onnx=onnx_of("teacher-int8", int8(teacher, tok), tok),
-                       how="ORT dynamic INT8, fused"))
+                       how="ORT dynamic INT8"))
     vm, vt, kept = vocab(teacher, tok)
     out.append(Variant("teacher +vocab INT8", vt, onnx=onnx_of("teacher-vocab-int8", int8(vm, vt), vt),
                        how=f"vocab {kept}, ORT INT8"))
