@@ -67,3 +67,18 @@ def test_fusion_refuses_a_graph_that_differs(tiny_bert, tokenizer, tmp_path):
     with pytest.raises(SlimformerError, match="differs from PyTorch"):
         fuse(path, other, tokenizer)
     assert path.read_bytes() == before
+
+
+def test_fusion_check_compares_in_eval_mode_and_at_real_tokens(tokenizer, tmp_path):
+    """A bare encoder left in training mode (dropout on) is fused and checked against its eval outputs, at the
+    real tokens only; its mode is restored."""
+    import transformers as tf
+
+    cfg = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                        max_position_embeddings=64, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    torch.manual_seed(0)
+    model = tf.BertModel(cfg, add_pooling_layer=False).train()
+    path = tmp_path / "m.onnx"
+    to_onnx(model, tokenizer, path, fusable=True, check=False)
+    res = fuse(path, model, tokenizer)
+    assert res["fused"].get("Attention") == 2 and res["max_abs_diff"] < 1e-4 and model.training

@@ -12,6 +12,7 @@ from families import inputs, logits, tiny
 from slimformer.errors import SlimformerError
 from slimformer.steps import Context, apply_step, parse_step
 from slimformer.tasks import Example, TaskData
+from slimformer.tasks.similarity import SimilarityTask, last_hidden
 from slimformer.tasks.language_modeling import LanguageModelingTask, Text
 from slimformer.tasks.translation import Pair, TranslationTask
 
@@ -30,15 +31,25 @@ CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
     "finetune": ({"epochs": 1, "max_train_examples": 8, "batch_size": 4}, {}),
     "prune_unstructured": ({"sparsity": 0.5}, {}),
     "prune_oneshot": ({"method": "sparsegpt", "sparsity": 0.5, "calib_examples": 8, "batch_size": 4}, {}),
+    "prune_movement": ({"sparsity": 0.5, "max_steps": 2, "batch_size": 4, "block": True}, {}),
     "factorize": ({"ratio": 0.5}, {}),
     "factorize_embeddings": ({"size": 8}, {"encoder-decoder": "tied", "decoder": "tied"}),
     "share_layers": ({}, {"encoder-decoder": "name one with stack:"}),
+    "share_pairs": ({"encoder": [[0, 1]], "decoder": [[0, 1]]},
+                    {"encoder": "inside an encoder-decoder", "decoder": "inside an encoder-decoder"}),
+    "pet": ({"student": {"width": 16, "encoder_layers": 2, "decoder_layers": 2, "heads": 2},
+             "share": {"encoder": [[0, 1]], "decoder": [[0, 1]]}, "warmup": {"max_steps": 1}, "max_steps": 1,
+             "batch_size": 4}, {"encoder": "inside an encoder-decoder", "decoder": "inside an encoder-decoder"}),
     "quantize_dynamic": ({"guard": False}, {}),
     "quantize_static": ({"calib_examples": 8, "guard": False}, {}),
     "quantize_qat": ({"max_steps": 2, "batch_size": 4, "guard": False}, {}),
     "quantize_weights": ({"bits": 4, "group_size": 16, "method": "gptq", "calib_examples": 8, "guard": False}, {}),
     "quantize_mixed": ({"calib_examples": 4, "group_size": 16, "guard": False}, {}),
+    "distill_embeddings": ({"max_steps": 2, "batch_size": 4, "dim": 16},
+                           {"encoder-decoder": "not an encoder", "decoder": "not an encoder"}),
+    "prune_vocab": ({}, {"encoder-decoder": "tied", "decoder": "tied"}),
 }
+SENTENCE_ENCODER_STEPS = {"distill_embeddings"}  # on the encoder shape: a bare BERT with a similarity task
 
 
 def test_every_step_is_in_the_matrix():
@@ -48,8 +59,11 @@ def test_every_step_is_in_the_matrix():
     assert shipped == set(CASES)
 
 
-def _task(shape: str):
+def _task(shape: str, sentence_encoder: bool = False):
     rows = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(6 + i % 5)) for i in range(24)]
+    if shape == "encoder" and sentence_encoder:
+        exs = [Example(t, float(i % 5), rows[(i + 3) % len(rows)]) for i, t in enumerate(rows)]
+        return SimilarityTask("toy-sts", {"train": exs, "dev": exs[:6]}, mode="embedding")
     if shape == "encoder":
         exs = [Example(t, i % 3) for i, t in enumerate(rows)]
         return TaskData("toy", ["a", "b", "c"], {"train": exs, "dev": exs[:6]})
@@ -68,8 +82,11 @@ def test_step_works_or_refuses_in_one_line(step, shape, tokenizer, tmp_path):
     if step == "distill_general":
         (tmp_path / "text.txt").write_text("\n".join(" ".join(WORDS[i:] + WORDS[:i]) for i in range(40)))
         fields["text"] = str(tmp_path / "text.txt")
+    bare = step in SENTENCE_ENCODER_STEPS and shape == "encoder"
     model = tiny(SHAPES[shape])
-    task = _task(shape)
+    if bare:
+        model = type(model.base_model)(model.config).eval()
+    task = _task(shape, bare)
     ctx = Context(tokenizer=tokenizer, task=task, work_dir=tmp_path / "work", teacher=copy.deepcopy(model).eval(),
                   seed=1, max_len=16)
     batch = inputs(model, seq=8)
@@ -87,11 +104,18 @@ def test_step_works_or_refuses_in_one_line(step, shape, tokenizer, tmp_path):
     after = out.state_dict()
     assert after.keys() != before.keys() or any(not torch.equal(after[k], v) for k, v in before.items()), \
         f"{step} on {shape} left the model unchanged"
-    want = logits(out, batch)
+    want = _outputs(out, batch, bare)
     assert torch.isfinite(want).all()
     sf.save(out, tokenizer, tmp_path / "m")
     reloaded, _ = sf.load(str(tmp_path / "m"))
-    torch.testing.assert_close(logits(reloaded, batch), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_outputs(reloaded, batch, bare), want, atol=1e-5, rtol=0)
+
+
+def _outputs(model, batch, bare: bool):
+    if not bare:
+        return logits(model, batch)
+    with torch.no_grad():
+        return last_hidden(model(**batch))
 
 
 @pytest.mark.parametrize("shape", ["encoder-decoder", "decoder"])

@@ -17,16 +17,19 @@ _LAZY = {
     "load": (".models", "load"), "save": (".models", "save"),
     "DropLayers": (".prune.layers", "DropLayers"),
     "Finetune": (".train_steps", "Finetune"),
-    **{n: (".distill", n) for n in ("Distill", "DistillGeneral", "MakeStudent", "distill", "distill_general",
-                                    "make_student")},
+    **{n: (".distill", n) for n in ("Distill", "DistillGeneral", "DistillEmbeddings", "distill_embeddings",
+                                    "MakeStudent", "distill", "distill_general", "make_student", "Pet")},
     **{n: (".quantize", n) for n in ("QuantizeDynamic", "QuantizeStatic", "QuantizeQAT", "QuantizeWeights",
                                      "QuantizeMixed")},
     "PruneHeads": (".prune.heads", "PruneHeads"), "prune_heads": (".prune.heads", "prune_heads"),
     "PruneFFN": (".prune.ffn", "PruneFFN"), "prune_ffn": (".prune.ffn", "prune_ffn"),
+    "PruneVocab": (".prune.vocab", "PruneVocab"), "prune_vocab": (".prune.vocab", "prune_vocab"),
     **{n: (".prune.unstructured", n) for n in ("PruneUnstructured", "prune_unstructured", "sparse_size")},
     "PruneOneShot": (".prune.oneshot", "PruneOneShot"), "prune_oneshot": (".prune.oneshot", "prune_oneshot"),
+    "PruneMovement": (".prune.movement", "PruneMovement"), "prune_movement": (".prune.movement", "prune_movement"),
     "Factorize": (".factorize", "Factorize"), "FactorizeEmbeddings": (".factorize", "FactorizeEmbeddings"),
     "ShareLayers": (".share", "ShareLayers"), "to_albert": (".share", "to_albert"),
+    "SharePairs": (".share", "SharePairs"),
 }
 __all__ = ["SlimformerError", "__version__", *_LAZY]
 

@@ -250,7 +250,14 @@ def compress(model: str = typer.Argument(..., help=MODEL_HELP),
 
 @app.command()
 def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of finetune or compress"),
-           onnx: Path = typer.Option(..., help="output .onnx file (the tokenizer goes to <stem>-tokenizer/)"),
+           onnx: Optional[Path] = typer.Option(None, help="output .onnx file (the tokenizer goes to "
+                                               "<stem>-tokenizer/)"),
+           sentence_transformers: Optional[Path] = typer.Option(
+               None, "--sentence-transformers", help="a sentence encoder: output folder that "
+               "sentence_transformers.SentenceTransformer(DIR) loads (mean pooling, normalisation)"),
+           embedding: bool = typer.Option(False, "--embedding", help="with --onnx, a sentence encoder: mean "
+                                          "pooling and L2 normalisation inside the graph (output "
+                                          "sentence_embedding)"),
            atol: float = typer.Option(1e-4, help="max allowed |ONNX - PyTorch| on a probe batch"),
            optimize: bool = typer.Option(False, "--optimize", help="fuse the graph with ONNX Runtime's transformer "
                                          "optimizer (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), "
@@ -261,20 +268,38 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file (an earlier "
                                           "export to the same path is replaced without it)")) -> None:
     """Export any slimformer model to one ONNX file (dynamic batch and length) checked in ONNX Runtime;
-    a model quantized through ONNX Runtime is written as its stored INT8 graph."""
+    a model quantized through ONNX Runtime is written as its stored INT8 graph. A sentence encoder can also
+    be written as a sentence-transformers folder."""
     from .deploy import check_export_paths, export_onnx
 
-    check_export_paths(onnx, [model], overwrite)
+    if (onnx is None) == (sentence_transformers is None):
+        raise typer.BadParameter("give exactly one of --onnx and --sentence-transformers")
+    if (embedding or int4) and onnx is None:
+        raise typer.BadParameter("--embedding and --int4 go with --onnx")
+    if onnx is not None:
+        check_export_paths(onnx, [model], overwrite)
+    else:
+        check_output(sentence_transformers, [model], overwrite, flag="--sentence-transformers")
     _setup()
     from . import models
     from .progress import console
 
     m, tok = models.load(model)
-    info = export_onnx(m, tok, onnx, atol=atol, optimize=optimize, int4=int4)
+    if sentence_transformers is not None:
+        from .export_embeddings import write_sentence_transformers
+
+        res = write_sentence_transformers(m, tok, sentence_transformers)
+        for note in res["notes"]:
+            console.print(f"[yellow]{note}[/yellow]")
+        console.print(f"[green]wrote {sentence_transformers}[/green] ({res['bytes'] / 1e6:.1f} MB of weights), "
+                      f"min cosine to the model's embeddings {res['min_cosine']:.6f}")
+        return
+    info = export_onnx(m, tok, onnx, atol=atol, optimize=optimize, embedding=embedding, int4=int4)
     for note in info["notes"]:
         console.print(f"[yellow]{note}[/yellow]")
+    cos = f", min cosine to the model's embeddings {info['min_cosine']:.6f}" if embedding else ""
     console.print(f"[green]wrote {onnx}[/green] ({info['bytes'] / 1e6:.1f} MB, {info['kind']}), "
-                  f"max |ONNX - PyTorch| = {info['max_abs_diff']:.2e}")
+                  f"max |ONNX - PyTorch| = {info['max_abs_diff']:.2e}{cos}")
 
 
 @app.command()

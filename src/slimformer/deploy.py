@@ -50,11 +50,12 @@ def _earlier_export(onnx: Path) -> bool:
 
 
 def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float = 1e-4,
-                optimize: bool = False, int4: int | None = None) -> dict[str, Any]:
+                optimize: bool = False, embedding: bool = False, int4: int | None = None) -> dict[str, Any]:
     """Write `onnx` (+ its tokenizer folder) for any slimformer model; returns what was done:
-    {"kind", "max_abs_diff", "notes", "bytes"}. `int4` (a block size): a decoder-only LM's MatMul weights
-    become 4-bit MatMulNBits (checked against PyTorch by top-1 agreement, not atol). Raises SlimformerError
-    with one line on any failure."""
+    {"kind", "max_abs_diff", "notes", "bytes"}. `embedding` (a sentence encoder): the graph ends with mean
+    pooling and L2 normalisation (output `sentence_embedding`), checked against the model's embeddings.
+    `int4` (a block size): a decoder-only LM's MatMul weights become 4-bit MatMulNBits (checked against
+    PyTorch by top-1 agreement, not atol). Raises SlimformerError with one line on any failure."""
     from .fsutil import _umask, atomic_dir
 
     onnx = Path(onnx)
@@ -68,11 +69,20 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
         onnx.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{onnx.name}.tmp-", dir=onnx.parent) as d:
             tmp = Path(d) / "model.onnx"
+            if embedding:
+                from .export_embeddings import check_encoder
+
+                check_encoder(model, "export --embedding")
             try:
                 with warnings.catch_warnings():  # exporter warnings are noise to a user; results are checked
                     warnings.simplefilter("ignore")
                     info = (_write_int4_decoder(model, tmp, int4) if int4 else
                             _write_graph(model, tokenizer, tmp, atol, optimize, onnx))
+                    if embedding:
+                        from .export_embeddings import pool_and_check
+
+                        info.update(pool_and_check(tmp, model, tokenizer))
+                        info["kind"] += " + mean pooling + L2 normalisation (output sentence_embedding)"
             except SlimformerError:
                 raise
             except Exception as e:  # the exporters raise many types, with messages of many lines

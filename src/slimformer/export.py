@@ -73,12 +73,22 @@ def to_onnx(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, seq
 
 def parity(path: str | os.PathLike, model: torch.nn.Module, tokenizer: Any, seq_len: int = 16) -> float:
     """Largest |logit difference| between the ONNX graph at path and the torch model, on random inputs of
-    length seq_len + 5 with one padded row."""
+    length seq_len + 5 with one padded row. Token-level outputs (a bare encoder's states) are compared at the
+    real tokens only: what a graph computes at padding positions is never used (pooling masks it out), and
+    fused attention kernels compute it differently."""
     probe = dummy_inputs(tokenizer, 3, max(seq_len + 5, 8), seed=1)
     probe["attention_mask"][2, 3:] = 0
-    with torch.no_grad():
-        ref = _logits(model(**probe))
-    return float((OnnxModel(path)(probe) - ref).abs().max())
+    was_training = model.training
+    model.eval()  # a model in training mode would compare dropout noise
+    try:
+        with torch.no_grad():
+            ref = _logits(model(**probe))
+    finally:
+        model.train(was_training)
+    diff = (OnnxModel(path)(probe) - ref).abs()
+    if diff.dim() == 3 and diff.shape[:2] == probe["attention_mask"].shape:
+        diff = diff[probe["attention_mask"].bool()]
+    return float(diff.max())
 
 
 def _export_torchscript(model: torch.nn.Module, sample: dict[str, torch.Tensor], names: list[str], out: Path,
@@ -94,12 +104,24 @@ def _export_torchscript(model: torch.nn.Module, sample: dict[str, torch.Tensor],
             model.set_attn_implementation("eager")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (), str(out), kwargs=sample, input_names=names, output_names=["logits"],
-                              opset_version=opset, dynamo=False,
+            torch.onnx.export(_Positional(model, names), tuple(sample[k] for k in names), str(out),
+                              input_names=names, output_names=["logits"], opset_version=opset, dynamo=False,
                               dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names})
     finally:
         if switch:
             model.set_attn_implementation(before)
+
+
+class _Positional(torch.nn.Module):
+    """Calls the model with its inputs by name and returns its first output. The TorchScript exporter passes
+    inputs positionally, which a bare encoder's forward (`use_cache` among its first parameters) misreads."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return _logits(self.model(**dict(zip(self.names, inputs))))
 
 
 def _logits(output: Any) -> torch.Tensor:

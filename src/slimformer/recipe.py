@@ -199,13 +199,15 @@ def _run(model: torch.nn.Module, tokenizer: Any, cfgs: list[StepConfig], out: Pa
     for p in teacher.parameters():
         p.requires_grad_(False)
     current = copy.deepcopy(model)
-    ctx = Context(tokenizer=tokenizer, task=task, work_dir=work, teacher=teacher, seed=seed, max_len=ev.max_len)
+    ctx = Context(tokenizer=tokenizer, task=task, work_dir=work, teacher=teacher, seed=seed, max_len=ev.max_len,
+                  teacher_tokenizer=tokenizer)
 
     rows, start = _resume(ledger_path, cfgs, work)
     ledger.rewrite(ledger_path, rows)  # exactly the rows resumed from: no torn line, no stale rows
     if start > 0:
         console.print(f"[yellow]resuming after step {start} ({cfgs[start - 1].step}) from {work}", soft_wrap=True)
-        current, _ = models.load(str(work / f"after-{start:02d}"))
+        current, tokenizer = models.load(str(work / f"after-{start:02d}"))  # prune_vocab may have changed it
+        ctx.tokenizer = tokenizer
     if not rows:
         console.print("[bold]measuring the input model")
         rows.append({"index": 0, "step": "input", "config": {}, **measure(current, tokenizer, task, ev)})
@@ -219,6 +221,7 @@ def _run(model: torch.nn.Module, tokenizer: Any, cfgs: list[StepConfig], out: Pa
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         current = apply_step(current, cfg, ctx)
+        tokenizer = ctx.tokenizer  # a step may replace it (prune_vocab)
         seconds = time.perf_counter() - t0
         save(current, tokenizer, work / f"after-{i + 1:02d}")
         row = {"index": i + 1, "step": cfg.step, "config": cfg.model_dump(mode="json"), "seconds": round(seconds, 2),

@@ -76,6 +76,7 @@ class Context:
     task: Task | None
     work_dir: Path  # the runner gives each step its own scratch directory (checkpoints, caches)
     teacher: torch.nn.Module | None = None  # the model as it entered the recipe (never modified)
+    teacher_tokenizer: Any = None  # its tokenizer (a step such as prune_vocab may replace `tokenizer`)
     seed: int = 42
     max_len: int = 128
     resume: bool = False
@@ -85,6 +86,9 @@ class Context:
         if self.task is None:
             raise SlimformerError(f"step '{step}' needs task data: pass --task and --data (or task/data in the recipe)")
         return self.task
+
+    def original_tokenizer(self) -> Any:
+        return self.teacher_tokenizer if self.teacher_tokenizer is not None else self.tokenizer
 
     def original(self) -> torch.nn.Module:
         """A frozen copy of the model as it entered the recipe (for distillation or comparisons)."""

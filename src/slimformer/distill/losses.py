@@ -1,7 +1,7 @@
 """Distillation loss terms, each a plain function of tensors (tested against direct computations).
 
 - `kd_loss`: Hinton et al. soft targets, KL(teacher_T || student_T) * T^2 (gradient scale independent of T).
-- `hard_ce`: cross-entropy on the gold labels.
+- `hard_ce`: cross-entropy on the gold labels (optionally label-smoothed, Szegedy et al.).
 - `cosine_loss`: DistilBERT's 1 - cos(h_s, h_t), averaged over real (non-padding) tokens.
 - `hidden_mse`: TinyBERT's MSE between hidden states (the student's projected to the teacher's width).
 - `attention_loss`: KL between teacher and student attention distributions, over real query rows.
@@ -29,10 +29,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl * temperature ** 2
 
 
-def hard_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against gold labels (-100 ignored)."""
+def hard_ce(student_logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against gold labels (-100 ignored); `smoothing` eps puts eps / vocab on every class."""
     return F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=-100)
+                           ignore_index=-100, label_smoothing=smoothing)
 
 
 def _token_mean(per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -82,7 +82,7 @@ def fits(cfg: "Distill", student: nn.Module, task: Task | None) -> None:
     if task is None:
         return
     check(task.distill_target != "embedding", "distill: a sentence-embedding model (similarity, embedding mode) "
-          "is not distilled by this step yet; use regression mode or finetune")
+          "is distilled on its embeddings by the distill_embeddings step")
     task.check_model(student)
     check(not cfg.cache_teacher or task.distill_target in ("logits", "regression"),
           "distill: cache_teacher stores one logit row per example; per-token targets (translation, language "
@@ -116,8 +116,11 @@ def resolve_layer_map(student: nn.Module, teacher: nn.Module, cfg: LossTerms) ->
 def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, train_ds: Any, collate: Any,
                      cfg: LossTerms, out_dir: str | Path, seed: int = 42, resume: bool = False,
                      max_len: int = 128, cached_logits: torch.Tensor | None = None,
-                     callbacks: list[Any] | None = None, task: Task | None = None) -> dict[str, Any]:
-    """Train student against teacher on train_ds with the HF Trainer; returns stats (layer map, timings)."""
+                     callbacks: list[Any] | None = None, task: Task | None = None,
+                     trainer_cls: type[DistillTrainer] = DistillTrainer,
+                     trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train student against teacher on train_ds with the HF Trainer (a DistillTrainer subclass may add its own
+    loss terms or optimizer groups: movement pruning); returns stats (layer map, timings)."""
     from ..train import TrainConfig, run_training, set_seed, training_args
 
     out_dir = Path(out_dir)
@@ -134,11 +137,12 @@ def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, tra
                        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, save_steps=cfg.save_steps)
     args = training_args(tcfg, out_dir, len(train_ds))
     args.remove_unused_columns = False  # else the Trainer's collator wrapper drops sf_index (the cache key)
-    trainer = DistillTrainer(model=student, args=args, train_dataset=train_ds,
+    trainer = trainer_cls(model=student, args=args, train_dataset=train_ds,
                              data_collator=collate, teacher=teacher, weights=w, layer_map=pairs,
                              cached_logits=cached_logits, callbacks=callbacks,
                              target=task.distill_target if task is not None else "logits",
-                             shift_labels=task is not None and task.kind == "language_modeling")
+                             shift_labels=task is not None and task.kind == "language_modeling",
+                             **(trainer_kwargs or {}))
     t0 = time.perf_counter()
     try:
         with eager_attention([student, teacher], bool(w.attention)):
@@ -156,7 +160,8 @@ def run_distillation(student: nn.Module, teacher: nn.Module, tokenizer: Any, tra
 
 def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, cfg: Distill,
             work_dir: str | Path, seed: int = 42, max_len: int = 128,
-            resume: bool = False, callbacks: list[Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+            resume: bool = False, callbacks: list[Any] | None = None, trainer_cls: type[DistillTrainer] = DistillTrainer,
+            trainer_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Task-specific distillation of student (trained in place) from teacher; returns (student, stats)."""
     from ..train import TrainConfig, train_dataset
 
@@ -176,7 +181,7 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
         cached = teacher_logits_cache(teacher, base, collate, work_dir / "teacher_logits.safetensors")
         cache_s = round(time.perf_counter() - t0, 2)
     stats = run_distillation(student, teacher, tokenizer, IndexedDataset(base), collate, cfg, work_dir, seed,
-                             resume, max_len, cached, callbacks, task)
+                             resume, max_len, cached, callbacks, task, trainer_cls, trainer_kwargs)
     stats["teacher_cache_s"] = cache_s
     return student, stats
 

@@ -43,6 +43,8 @@ class StackSpec:
     attention: tuple[AttnSpec, ...]
     ffn: FFNSpec
     count_keys: tuple[str, ...]     # config keys holding this stack's layer count
+    ffn_keys: tuple[str, ...] = ()  # config keys holding this stack's FFN width (a fresh config of new size)
+    head_keys: tuple[str, ...] = () # config keys holding this stack's attention head count
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Family:
     pooler: str = ""
     heads: tuple[str, ...] = ()        # task-head modules, relative to the task model (classifier, lm_head)
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)  # "keep_heads", "keep_layers" extras
+    width_keys: tuple[str, ...] = ()     # config keys holding the model width (d_model)
+    head_dim_keys: tuple[str, ...] = ()  # config keys holding a head size set apart from the width (T5's d_kv)
 
 
 @dataclass

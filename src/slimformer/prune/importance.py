@@ -100,14 +100,21 @@ def normalize_per_layer(scores: Scores) -> Scores:
 
 
 def importance(model: nn.Module, kind: str, criterion: str, batches: list[dict[str, torch.Tensor]] | None = None,
-               normalize: bool = True, task: Task | None = None) -> Scores:
-    """Scores per unit by the chosen criterion ('gradient' needs batches)."""
+               normalize: bool = True, task: Task | None = None, reference: list[torch.Tensor] | None = None,
+               seed: int = 0) -> Scores:
+    """Scores per unit by the chosen criterion ('gradient' needs batches; 'embedding' sentence batches and the
+    unpruned model's embeddings of them, see embedding_importance.py)."""
     check(kind in ("heads", "ffn"), f"unknown unit kind '{kind}'")
     if criterion == "gradient":
         check(batches is not None, "gradient importance needs task data")
         scores = gradient_importance(model, batches or [], kind, task)
+    elif criterion == "embedding":
+        from .embedding_importance import embedding_importance
+
+        check(batches is not None and reference is not None, "embedding importance needs sentences")
+        scores = embedding_importance(model, batches or [], reference or [], kind, seed)
     elif criterion == "magnitude":
         scores = magnitude_importance(model, kind)
     else:
-        raise SlimformerError(f"unknown importance criterion '{criterion}' (gradient | magnitude)")
+        raise SlimformerError(f"unknown importance criterion '{criterion}' (gradient | magnitude | embedding)")
     return normalize_per_layer(scores) if normalize else scores

@@ -29,7 +29,11 @@ class StructuredPrune(StepConfig):
     keep: float | None = Field(None, description="fraction of units to keep, in (0, 1]")
     keep_count: int | None = Field(None, description="units to keep: in the whole model (global) or per layer")
     scope: Literal["global", "per_layer"] = "global"
-    criterion: Literal["gradient", "magnitude"] = "gradient"
+    criterion: Literal["gradient", "magnitude", "embedding"] = Field(
+        "gradient", description="gradient (of the task loss) | magnitude (no data) | embedding (a sentence "
+        "encoder: how far removing a unit moves its embeddings, no labels)")
+    texts: list[str] | None = Field(None, description="criterion embedding: sentence sources (text files, "
+                                    "tables); default: the task's train sentences")
     rounds: int = Field(1, ge=1, le=50, description="iterative pruning in N rounds, re-scoring each round")
     recovery_epochs: float | None = Field(None, gt=0, description="fine-tune between rounds (not after the last)")
     recovery_examples: int | None = Field(None, ge=1, description="train examples per recovery fine-tune")
@@ -42,7 +46,18 @@ class StructuredPrune(StepConfig):
 
     @property
     def needs_data(self) -> bool:  # type: ignore[override]
-        return self.criterion == "gradient" or self.recovery_epochs is not None
+        return self.criterion == "gradient" or self.recovery_epochs is not None or \
+            (self.criterion == "embedding" and not self.texts)
+
+    def preflight(self, model: nn.Module, task: Any) -> None:
+        if self.criterion == "embedding":
+            from ..distill.embeddings import check_sentence_encoder
+
+            check_sentence_encoder(model, task, self.step)
+            if self.texts:
+                from ..tasks.sentences import read_sentences
+
+                read_sentences(self.texts, None, 1)
 
     @model_validator(mode="after")
     def _target(self) -> "StructuredPrune":
@@ -117,12 +132,20 @@ def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.
     start: list[int] | int = counts0 if isinstance(final, list) else sum(counts0)
     origin = {u: list(range(n)) for u, n in counts.items()}
     history = []
-    batches = None
+    batches, reference = None, None
     if cfg.criterion == "gradient":  # the same examples every round (re-scored on the pruned model)
         assert task is not None
         batches = importance_batches(tokenizer, task, cfg.importance_examples, max_len, cfg.batch_size, seed, model)
+    elif cfg.criterion == "embedding":  # the same sentences every round, against the unpruned embeddings
+        from ..distill.embeddings import check_sentence_encoder, sentences_for
+        from .embedding_importance import reference_embeddings, sentence_batches
+
+        check_sentence_encoder(model, task, cfg.step)
+        texts = sentences_for(cfg.texts, None, cfg.importance_examples, task, cfg.step, seed)
+        batches = sentence_batches(tokenizer, texts, max_len, cfg.batch_size)
+        reference = reference_embeddings(model, batches)
     for k in range(1, cfg.rounds + 1):
-        scores = importance(model, cfg.unit, cfg.criterion, batches, cfg.normalize, task)
+        scores = importance(model, cfg.unit, cfg.criterion, batches, cfg.normalize, task, reference, seed + k)
         keep = select(scores, round_target(final, start, k, cfg.rounds), cfg.min_per_layer)
         changed = {i: kept for i, kept in keep.items() if len(kept) < len(origin[i])}
         if changed:

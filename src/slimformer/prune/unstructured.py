@@ -29,7 +29,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
@@ -53,7 +52,8 @@ class PruneUnstructured(StepConfig):
     criterion: Literal["magnitude", "movement"] = Field("magnitude", description="magnitude |W| (no data) | "
                                                         "movement -W*grad (Sanh et al.; needs task data; "
                                                         "experimental: collapsed on MiniLM SST-2 at 70%, "
-                                                        "see docs/BENCHMARKS.md section 6)")
+                                                        "see docs/BENCHMARKS.md section 6; learned scores: "
+                                                        "the prune_movement step)")
     include: list[str] | None = Field(None, description="regexes on Linear module names; default: attention "
                                       "query/key/value/output and FFN up/down of every layer")
 
@@ -227,44 +227,30 @@ def sparsity_report(model: nn.Module, mods: dict[str, nn.Linear]) -> dict[str, A
 
 
 def sparse_encode(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor of the state dict once (as save_model writes it). Each Linear weight whose encoding is
-    smaller than the dense tensor becomes `<name>.values` (its nonzeros, same dtype, row-major order) +
-    `<name>.bitmask` (one bit per weight, numpy packbits order) + `<name>.shape`. A bitmask beats CSR with
-    int32 column indices below ~97% sparsity (1 bit per weight vs 32 bits per nonzero)."""
+    """Every tensor of the state dict once (as save_model writes it), each Linear weight whose encoding is smaller
+    than the dense tensor as values + bitmask + shape (`sparse_io.encode`). A bitmask beats CSR with int32 column
+    indices below ~97% sparsity (1 bit per weight vs 32 bits per nonzero)."""
+    from .sparse_io import encode
+
     linear_weights = {id(m.weight) for m in model.modules() if is_linear(m)}
-    out: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    names: set[str] = set()
     seen: set[int] = set()
     for name, p in model.state_dict(keep_vars=True).items():  # what save_model writes
         if id(p) in seen:  # shared tensors once
             continue
         seen.add(id(p))
-        t = p.detach().cpu().contiguous()
-        nz = t != 0
-        sparse_bytes = int(nz.sum()) * t.element_size() + (t.numel() + 7) // 8
-        if id(p) in linear_weights and sparse_bytes < t.numel() * t.element_size():
-            out[f"{name}.values"] = t[nz].clone()
-            out[f"{name}.bitmask"] = torch.from_numpy(np.packbits(nz.flatten().numpy()))
-            out[f"{name}.shape"] = torch.tensor(list(t.shape), dtype=torch.int64)
-        else:
-            out[name] = t.clone()
-    return out
+        tensors[name] = p
+        if id(p) in linear_weights:
+            names.add(name)
+    return encode(tensors, names)
 
 
 def sparse_decode(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The dense tensors back from sparse_encode's output (exact)."""
-    out = {}
-    for key, t in tensors.items():
-        if key.endswith(".values"):
-            name = key[: -len(".values")]
-            shape = tensors[f"{name}.shape"].tolist()
-            n = int(np.prod(shape))
-            nz = torch.from_numpy(np.unpackbits(tensors[f"{name}.bitmask"].numpy(), count=n).astype(bool))
-            dense = torch.zeros(n, dtype=t.dtype)
-            dense[nz] = t
-            out[name] = dense.view(shape)
-        elif not key.endswith((".bitmask", ".shape")):
-            out[key] = t
-    return out
+    from .sparse_io import decode
+
+    return decode(tensors)
 
 
 def sparse_size(model: nn.Module) -> int:

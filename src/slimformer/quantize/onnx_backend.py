@@ -32,6 +32,7 @@ class OrtGraph(nn.Module):
         super().__init__()
         self.register_buffer("onnx_bytes", torch.zeros(nbytes, dtype=torch.uint8))
         self.input_names = list(input_names)
+        self.bare = False  # set by the op: the graph outputs token states (a sentence encoder), not logits
         self._sessions: dict[int, Any] = {}
         self._key: tuple | None = None
 
@@ -64,14 +65,16 @@ class OrtGraph(nn.Module):
 
 def _ort_forward(self: nn.Module, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None, **_: Any) -> Any:
-    from transformers.modeling_outputs import SequenceClassifierOutput
+    from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
     if attention_mask is None and input_ids is not None:
         inputs["attention_mask"] = torch.ones_like(input_ids)
     if token_type_ids is None and input_ids is not None:
         inputs["token_type_ids"] = torch.zeros_like(input_ids)
-    return SequenceClassifierOutput(logits=self.ort(**inputs))
+    out = self.ort(**inputs)
+    # a bare encoder (a sentence encoder) keeps its token states as last_hidden_state, for mean pooling
+    return BaseModelOutput(last_hidden_state=out) if self.ort.bare else SequenceClassifierOutput(logits=out)
 
 
 @register_op("onnxruntime_graph")
@@ -79,9 +82,11 @@ def _onnxruntime_graph(model: nn.Module, nbytes: int, input_names: list[str]) ->
     from ..models.io import num_params
 
     params = num_params(model)  # the weights now live in the graph: keep their count for reports
+    bare = getattr(model, "base_model", model) is model  # no task head: the graph outputs token states
     for name in [n for n, _ in model.named_children()]:
         delattr(model, name)
     model.ort = OrtGraph(nbytes, input_names)
+    model.ort.bare = bare
     model.forward = types.MethodType(_ort_forward, model)
     model.slimformer_num_params = params
 

@@ -25,12 +25,19 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 @register_op("quantize_linear")
 def _quantize_linear(model: nn.Module, modules: list[str], bits: int = 8, group_size: int | None = None,
                      act: Act = "dynamic") -> None:
+    done: dict[tuple[int, int], QLinear] = {}
     for name in modules:
         parent, child = _parent(model, name)
         lin = getattr(parent, child)
         if not isinstance(lin, nn.Linear):
             raise SlimformerError(f"quantize_linear: {name} is {type(lin).__name__}, not a Linear")
-        setattr(parent, child, QLinear.from_linear(lin, bits, group_size, act))
+        # Linears holding the same weight and bias (shared layers) get one QLinear, stored once; not under static
+        # activations, whose calibrated input ranges belong to one call site
+        key = (id(lin.weight), id(lin.bias))
+        q = done.get(key) if act != "static" else None
+        q = q if q is not None else QLinear.from_linear(lin, bits, group_size, act)
+        done[key] = q
+        setattr(parent, child, q)
 
 
 @register_op("quantize_embedding")

@@ -12,12 +12,15 @@ _FFN = FFNSpec(up=("fc1",), down="fc2")
 FAMILY = register_family(Family(
     model_types=("bart", "mbart", "marian"),
     backbones=("model",),
-    stacks=(StackSpec("encoder", "encoder.layers", (_attn("self", "self_attn"),), _FFN, count_keys=("encoder_layers",)),
+    stacks=(StackSpec("encoder", "encoder.layers", (_attn("self", "self_attn"),), _FFN, count_keys=("encoder_layers",),
+                      ffn_keys=("encoder_ffn_dim",), head_keys=("encoder_attention_heads",)),
             StackSpec("decoder", "decoder.layers", (_attn("self", "self_attn"), _attn("cross", "encoder_attn")), _FFN,
-                      count_keys=("decoder_layers",))),
+                      count_keys=("decoder_layers",), ffn_keys=("decoder_ffn_dim",),
+                      head_keys=("decoder_attention_heads",))),
     word_embeddings="shared",
     embeddings=("shared", "encoder.embed_tokens", "encoder.embed_positions", "decoder.embed_tokens",
                 "decoder.embed_positions", "encoder.layernorm_embedding", "decoder.layernorm_embedding"),
     position_embeddings="encoder.embed_positions",
     heads=("lm_head", "classification_head", "qa_outputs"),
+    width_keys=("d_model",),
 ))
