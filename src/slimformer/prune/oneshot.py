@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import check
 from ..models.linear import in_features, is_conv1d, weight_oi
 from ..progress import track
+from ..quantize.gptq import prepare_obs
 from ..steps import Context, StepConfig, implements, regexes
 from .layerwise import Batches, for_each_layer
 from .unstructured import prunable, sparsity_report
@@ -128,14 +129,8 @@ def hessian(xs: list[torch.Tensor], cols: int) -> torch.Tensor:
 def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float | None, n_m: tuple[int, int] | None,
                     damp: float = 0.01, block: int = 128) -> torch.Tensor:
     """SparseGPT: the pruned and OBS-updated copy of w [out, in] given the input Hessian h [in, in]."""
-    w = w.detach().float().clone()
+    w, hinv = prepare_obs(w, h, damp)
     cols = w.shape[1]
-    h = h.clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1
-    w[:, dead] = 0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     if n_m is not None:
         block = max(n_m[1], block - block % n_m[1])  # N:M groups never straddle two blocks
     for i1 in range(0, cols, block):

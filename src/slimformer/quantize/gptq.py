@@ -42,18 +42,24 @@ def input_hessians(model: nn.Module, names: list[str], batches: Batches) -> dict
     return {n: (hs[n] / max(counts[n], 1)).float() for n in names}
 
 
-@torch.no_grad()
-def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, damp: float = 0.01,
-                  block: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GPTQ codes for w [out, in] given input Hessian h [in, in]: (uint8 codes, scale, zero) per group."""
+def prepare_obs(w: torch.Tensor, h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """What GPTQ and SparseGPT start from: a float copy of w with the columns of dead inputs zeroed, and the
+    upper Cholesky factor of the inverse of the dampened Hessian (H + damp * mean(diag H) * I)."""
     w = w.detach().float().clone()
-    rows, cols = w.shape
     h = h.clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0])
+    return w, torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
+@torch.no_grad()
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, damp: float = 0.01,
+                  block: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ codes for w [out, in] given input Hessian h [in, in]: (uint8 codes, scale, zero) per group."""
+    w, hinv = prepare_obs(w, h, damp)
+    rows, cols = w.shape
     gs = group_size if group_size and group_size < cols else cols
     block = gs if gs < cols else min(block, cols)  # a block is one group, so its grid sees updated weights
     n_groups = cols // gs
