@@ -74,8 +74,7 @@ def _collector(into: list[torch.Tensor], state: dict[str, Any]) -> Callable:
 
 @torch.no_grad()
 def for_each_layer(model: nn.Module, batches: Batches, linears: dict[str, nn.Module],
-                   fit: Callable[[nn.Module, dict[str, list[torch.Tensor]]], None],
-                   on_layer: Callable[[int, str], None] | None = None) -> None:
+                   fit: Callable[[nn.Module, dict[str, list[torch.Tensor]]], None]) -> None:
     """For every layer of every stack (in order): run it on its current inputs with hooks collecting the
     (non-padding) inputs of its Linears in `linears`, call fit(layer, {name: [x [tokens, in], ...]}), then run
     the changed layer to produce the next layer's inputs."""
@@ -84,7 +83,7 @@ def for_each_layer(model: nn.Module, batches: Batches, linears: dict[str, nn.Mod
     for stack in adapter.stacks(model):
         layers = list(adapter.layers(model, stack.name))
         calls = capture_layer_inputs(model, layers[0], batches)
-        for i, layer in enumerate(layers):
+        for layer in layers:
             mine = {n: m for n, m in linears.items() if n.startswith(names[id(layer)] + ".")}
             seen: dict[str, list[torch.Tensor]] = {n: [] for n in mine}
             state: dict[str, Any] = {}
@@ -92,14 +91,12 @@ def for_each_layer(model: nn.Module, batches: Batches, linears: dict[str, nn.Mod
             handles = [m.register_forward_hook(_collector(seen[n], state)) for n, m in mine.items()]
             try:
                 for b, (args, kwargs) in zip(batches, calls):
-                    h = args[0] if args else kwargs["hidden_states"]
-                    state["mask"] = token_mask(b, h.shape) if stack.name != "decoder" or len(
+                    x = args[0] if args else kwargs["hidden_states"]
+                    state["mask"] = token_mask(b, x.shape) if stack.name != "decoder" or len(
                         adapter.stacks(model)) == 1 else None
                     layer(*args, **kwargs)
             finally:
-                for h in handles:
-                    h.remove()
+                for handle in handles:
+                    handle.remove()
             fit(layer, seen)
             calls = [_replace_hidden(args, kwargs, _hidden(layer(*args, **kwargs))) for args, kwargs in calls]
-            if on_layer:
-                on_layer(i, stack.name)
