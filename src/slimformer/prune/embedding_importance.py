@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import check
-from ..models import get_adapter
 from .gates import gated, ones_gates
+from .importance import per_unit
 
 PROBES = 16
 
@@ -84,7 +84,4 @@ def embedding_importance(model: nn.Module, batches: list[dict[str, torch.Tensor]
         for p, rg in zip(model.parameters(), grads_before):
             p.requires_grad_(rg)
         model.train(was_training)
-    if kind == "heads":
-        groups = {a.unit: a.group for a in get_adapter(model).attention(model)}
-        scores = {u: s.view(-1, groups[u]).sum(1) for u, s in scores.items()}
-    return scores
+    return per_unit(model, kind, scores)

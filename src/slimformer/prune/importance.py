@@ -88,10 +88,15 @@ def gradient_importance(model: nn.Module, batches: list[dict[str, torch.Tensor]]
         for p, rg in zip(model.parameters(), grads_before):
             p.requires_grad_(rg)
         model.train(was_training)
-    if kind == "heads":
-        groups = {a.unit: a.group for a in get_adapter(model).attention(model)}
-        scores = {u: s.view(-1, groups[u]).sum(1) for u, s in scores.items()}
-    return scores
+    return per_unit(model, kind, scores)
+
+
+def per_unit(model: nn.Module, kind: str, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Head scores summed over each key/value group (the unit that is pruned under GQA); FFN scores as they are."""
+    if kind != "heads":
+        return scores
+    groups = {a.unit: a.group for a in get_adapter(model).attention(model)}
+    return {u: s.view(-1, groups[u]).sum(1) for u, s in scores.items()}
 
 
 def normalize_per_layer(scores: Scores) -> Scores:
