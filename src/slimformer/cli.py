@@ -361,6 +361,9 @@ def demo(data_root: Path = typer.Option(Path("../shared/data"), help="folder hol
     run_demo(data_root, out, recipe, quick)
 
 
+from . import cli_plan as _cli_plan  # noqa: E402,F401  (registers `slimformer plan`)
+
+
 def main() -> None:
     """Entry point: user errors become one red `error:` line; exit codes 1 (error), 2 (usage), 130 (Ctrl-C)."""
     from .entry import run

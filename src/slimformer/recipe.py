@@ -55,6 +55,8 @@ class EvalSettings(BaseModel):
     batches: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1, 32], min_length=1)
     threads: int | None = Field(None, ge=1)
     latency_budget_s: float = Field(4.0, gt=0, le=600, description="seconds of timing per model and batch size")
+    each_step: bool = Field(True, description="measure metrics and latency after every step; false: only the "
+                            "final model (parameters and size are always recorded)")
     tolerance: float | None = Field(1.0, ge=0, description="warn when a step leaves any task metric worse than "
                                     "the input model by more than this (points; % for perplexity); null: off")
 
@@ -145,9 +147,13 @@ def _digest(steps: Sequence[StepConfig], upto: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def measure(model: torch.nn.Module, tokenizer: Any, task: Task | None, ev: EvalSettings) -> dict[str, Any]:
-    """Metrics on the eval split, parameters, bytes on disk, latency per batch size."""
+def measure(model: torch.nn.Module, tokenizer: Any, task: Task | None, ev: EvalSettings, full: bool = True
+            ) -> dict[str, Any]:
+    """Metrics on the eval split, parameters, bytes on disk, latency per batch size (`full=False`: the
+    parameters and bytes only)."""
     row: dict[str, Any] = {"params": num_params(model)}
+    if not full:
+        return {**row, "size_bytes": _size(model), "seq_len": ev.seq_len}
     if task is not None:
         row["metrics"] = evaluate_task(model, tokenizer, task, task.eval_split(ev.split or task.default_split),
                                        ev.max_len, ev.max_examples)
@@ -210,7 +216,8 @@ def _run(model: torch.nn.Module, tokenizer: Any, cfgs: list[StepConfig], out: Pa
         ctx.tokenizer = tokenizer
     if not rows:
         console.print("[bold]measuring the input model")
-        rows.append({"index": 0, "step": "input", "config": {}, **measure(current, tokenizer, task, ev)})
+        rows.append({"index": 0, "step": "input", "config": {},
+                     **measure(current, tokenizer, task, ev, full=ev.each_step)})
         ledger.append(ledger_path, rows[-1])
     for i in range(start, len(cfgs)):
         cfg = cfgs[i]
@@ -225,8 +232,9 @@ def _run(model: torch.nn.Module, tokenizer: Any, cfgs: list[StepConfig], out: Pa
         seconds = time.perf_counter() - t0
         save(current, tokenizer, work / f"after-{i + 1:02d}")
         row = {"index": i + 1, "step": cfg.step, "config": cfg.model_dump(mode="json"), "seconds": round(seconds, 2),
-               "digest": _digest(cfgs, i), **measure(current, tokenizer, task, ev), "info": ctx.info}
-        if task is not None and ev.tolerance is not None:
+               "digest": _digest(cfgs, i), "info": ctx.info,
+               **measure(current, tokenizer, task, ev, full=ev.each_step or i == len(cfgs) - 1)}
+        if task is not None and ev.tolerance is not None and "metrics" in rows[0]:
             row["guard"] = step_guard(task, rows[0], row, ev.tolerance)
         rows.append(row)
         ledger.append(ledger_path, row)

@@ -16,7 +16,8 @@ from .reliability import latency_cell, latency_text, speedup_text
 
 
 def _metric_names(rows: list[dict[str, Any]]) -> list[str]:
-    return list(rows[0].get("metrics", {}).keys()) if rows else []
+    """The metrics of the first row that has any (a run measured at its end only has them in its last row)."""
+    return next((list(r["metrics"]) for r in rows if r.get("metrics")), [])
 
 
 def _batches(rows: list[dict[str, Any]]) -> list[int]:
@@ -56,7 +57,7 @@ def rich_table(rows: list[dict[str, Any]], title: str = "slimformer run") -> Tab
         cells += [f"{m[k]:.4f}" if k in m else "-" for k in metrics]
         if metrics:
             delta = (m.get(metrics[0], float("nan")) - base.get("metrics", {}).get(metrics[0], float("nan"))) * 100
-            cells.append(f"{delta:+.2f} pt")
+            cells.append("-" if delta != delta else f"{delta:+.2f} pt")
         cells += [f"{r.get('params', 0) / 1e6:.2f}", f"{r.get('size_bytes', 0) / 1e6:.1f}",
                   *(_lat_cell(r, b) for b in batches)]
         t.add_row(*cells)
