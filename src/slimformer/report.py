@@ -161,10 +161,11 @@ def _tasks(summaries: list[dict[str, Any]]) -> list[str]:
     return ["/".join(s["rows"][0].get("metrics", {})) or "no task" for s in summaries]
 
 
-def figure(rows: list[dict[str, Any]], title: str = "after each recipe step") -> Any:
+def figure(rows: list[dict[str, Any]], title: str = "after each recipe step", front: bool = False) -> Any:
     """Metric vs size and metric vs latency at the largest batch: one labelled point per row, no lines
-    between them (rows are alternatives on a front, not a path). Latency points carry their IQR as an
-    error bar; points whose latency was flagged unreliable are hollow and grey, and named in the caption."""
+    between them (rows are alternatives on a front, not a path); `front`: the Pareto front of the points as a
+    dashed staircase. Latency points carry their IQR as an error bar; points whose latency was flagged
+    unreliable are hollow and grey, and named in the caption."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,6 +195,13 @@ def figure(rows: list[dict[str, Any]], title: str = "after each recipe step") ->
             name = r.get("label") or f"{r.get('index', j)}:{r.get('step')}"
             ax.annotate(name + ("" if ok else "?"), (x, y), textcoords="offset points", xytext=(4, 4 + 9 * (j % 3)),
                         fontsize=8)
+        if front and metrics:
+            from .plan.front import draw_front
+            from .tasks.metrics import info as metric_info
+
+            ys = [r.get("metrics", {}).get(metrics[0], 0) for r in rows]
+            draw_front(ax, [r.get(key, 0) / (1e6 if key == "size_bytes" else 1) for r in rows], ys,
+                       metric_info(metrics[0]).higher_is_better)
         ax.set_xlabel(label)
         ax.set_ylabel(metrics[0] if metrics else "metric")
         ax.grid(alpha=0.3)
@@ -205,11 +213,12 @@ def figure(rows: list[dict[str, Any]], title: str = "after each recipe step") ->
     return fig
 
 
-def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "after each recipe step") -> Path:
+def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "after each recipe step", front: bool = False
+         ) -> Path:
     """`figure(rows)` saved as a PNG."""
     import matplotlib.pyplot as plt
 
-    fig = figure(rows, title)
+    fig = figure(rows, title, front)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -287,7 +296,7 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
         console.print(f"[yellow]warning: {w}[/yellow]")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    png = plot(rows, out / "comparison.png", title="per run (final models)")
+    png = plot(rows, out / "comparison.png", title="per run (final models; dashed: their Pareto front)", front=True)
     md = ["# slimformer comparison", "", *[f"**Warning:** {w}.\n" for w in warnings],
           "Each run's final model; latency as measured after its last step "
           "(for exact ratios compare within one run: see each run's report).", "", ledger_table(rows), "",
