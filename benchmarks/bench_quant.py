@@ -137,9 +137,11 @@ def qat_builder(fp: torch.nn.Module, tok: Any, t: Any, args: argparse.Namespace,
     return b
 
 
-def measure(cands: dict[str, tuple[Any, int, str]], tok: Any, t: Any, args: argparse.Namespace
-            ) -> list[dict[str, Any]]:
-    """Dev metric of every candidate, then interleaved latency at batch 1 and 32 (FP32 first)."""
+def measure(cands: dict[str, tuple[Any, int, str]], tok: Any, t: Any, args: argparse.Namespace,
+            toks: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Dev metric of every candidate (with its own tokenizer from `toks`, default `tok`), then interleaved
+    latency at batch 1 and 32 (FP32 first; random ids valid for the smallest vocabulary)."""
+    toks = toks or {}
     from slimformer.bench import compare_latency
     from slimformer.evaluate import evaluate_task
 
@@ -149,11 +151,12 @@ def measure(cands: dict[str, tuple[Any, int, str]], tok: Any, t: Any, args: argp
         metrics = {t.main_metric: float("nan")}
         if not args.latency_only:
             with torch.inference_mode():
-                metrics = evaluate_task(m, tok, t, "dev", 128, args.max_examples)
+                metrics = evaluate_task(m, toks.get(name, tok), t, "dev", 128, args.max_examples)
         print(f"{name}: {metrics} ({time.perf_counter() - s:.0f}s)", flush=True)
         rows.append({"method": name, **{k: round(100 * v, 2) for k, v in metrics.items()},
                      "size_mb": round(size / 1e6, 2), "size_from": how})
     models = {k: v[0] for k, v in cands.items()}
+    tok = min([tok, *toks.values()], key=len)
     lat1 = compare_latency(models, tok, 1, 128, args.threads, warmup=3, runs=args.b1_runs, budget_s=args.budget)
     lat32 = compare_latency(models, tok, 32, 128, args.threads, runs=args.b32_runs)
     base = rows[0]

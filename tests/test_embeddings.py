@@ -252,3 +252,40 @@ def test_cli_bad_embedding_inputs_are_one_line_errors(tmp_path, tokenizer, capsy
     sf.save(make_classifier(), tokenizer, clf)
     code, err = invoke(capsys, "export", clf, "--sentence-transformers", tmp_path / "st")
     assert code == 1 and err.count("\n") == 1 and "task head" in err
+
+
+def test_a_distillation_teacher_reads_the_pruned_students_ids_in_its_own_vocabulary(tokenizer, tmp_path,
+                                                                                     monkeypatch):
+    """After prune_vocab the student's ids mean other tokens to the teacher: inside a distill step the teacher
+    must still see its own ids (checked on its logits), and only there."""
+    import slimformer as sf
+    from slimformer.prune.vocab import teacher_reads_student_ids
+    from slimformer.recipe import compress
+
+    from conftest import make_tiny_bert, write_tiny_sst2
+
+    teacher = make_tiny_bert(layers=2)
+    _, tok, _ = sf.prune_vocab(copy.deepcopy(teacher), tokenizer, SENTENCES, sf.PruneVocab())
+    text = SENTENCES[:2]
+    want = teacher(**tokenizer(text, padding=True, return_tensors="pt")).logits
+    enc = tok(text, padding=True, return_tensors="pt")
+    with teacher_reads_student_ids(teacher, tok, tokenizer):
+        torch.testing.assert_close(teacher(**enc).logits, want, atol=1e-6, rtol=0)
+    assert not torch.allclose(teacher(**enc).logits, want, atol=1e-3)  # the hook is gone after the block
+    seen = {}
+
+    def fake_distill(model, t, student_tok, *args, **kwargs):  # what the step's teacher sees
+        seen["logits"] = t(**student_tok(text, padding=True, return_tensors="pt")).logits
+        return model, {}
+
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("slimformer.distill.step"), "distill", fake_distill)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n")
+    from slimformer.recipe import EvalSettings
+
+    compress(teacher, tokenizer, [{"step": "prune_vocab", "texts": [str(corpus)]}, {"step": "distill"}],
+             tmp_path / "out", write_tiny_sst2(tmp_path, 16),
+             EvalSettings(batches=[1], latency_budget_s=0.05, each_step=False, max_len=32, seq_len=16))
+    torch.testing.assert_close(seen["logits"], want, atol=1e-6, rtol=0)

@@ -95,8 +95,11 @@ def distill_general(student: nn.Module, teacher: nn.Module, tokenizer: Any, cfg:
 def distill_general_step(model: nn.Module, cfg: DistillGeneral, ctx: Context) -> nn.Module:
     from ..models import load
 
-    teacher = load(cfg.teacher, head=None)[0] if cfg.teacher else ctx.original()
-    model, stats = distill_general(model, teacher, ctx.tokenizer, cfg, ctx.work_dir / "distill_general", ctx.seed,
-                                   ctx.resume)
+    from ..prune.vocab import teacher_reads_student_ids
+
+    teacher, teacher_tok = load(cfg.teacher, head=None) if cfg.teacher else (ctx.original(), ctx.original_tokenizer())
+    with teacher_reads_student_ids(teacher, ctx.tokenizer, teacher_tok):  # after prune_vocab they differ
+        model, stats = distill_general(model, teacher, ctx.tokenizer, cfg, ctx.work_dir / "distill_general",
+                                       ctx.seed, ctx.resume)
     ctx.note("distill_general", stats)
     return model

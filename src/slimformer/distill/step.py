@@ -189,15 +189,17 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
 @implements(Distill)
 def distill_step(model: nn.Module, cfg: Distill, ctx: Context) -> nn.Module:
     from ..models import load
+    from ..prune.vocab import teacher_reads_student_ids
 
     task = ctx.require_task(cfg.step)
-    teacher = load(cfg.teacher)[0] if cfg.teacher else ctx.original()
+    teacher, teacher_tok = load(cfg.teacher) if cfg.teacher else (ctx.original(), ctx.original_tokenizer())
     callbacks = None
     if cfg.keep_zeros:
         from ..prune.unstructured import keep_zeros_callback
 
         callbacks = [keep_zeros_callback(model)]
-    model, stats = distill(model, teacher, ctx.tokenizer, task, cfg, ctx.work_dir / "distill", ctx.seed,
-                           ctx.max_len, ctx.resume, callbacks)
+    with teacher_reads_student_ids(teacher, ctx.tokenizer, teacher_tok):  # after prune_vocab they differ
+        model, stats = distill(model, teacher, ctx.tokenizer, task, cfg, ctx.work_dir / "distill", ctx.seed,
+                               ctx.max_len, ctx.resume, callbacks)
     ctx.note("distill", stats)
     return model

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -130,6 +132,42 @@ def prune_vocab(model: nn.Module, tokenizer: Any, texts: list[str], cfg: PruneVo
     new_tok = shrink_tokenizer(tokenizer, keep)
     return model, new_tok, {"vocab": f"{len(keep)}/{len(tokenizer)}", "kept_tokens": len(keep),
                             "corpus_sentences": len(texts)}
+
+
+def id_map(student_tokenizer: Any, teacher_tokenizer: Any) -> torch.Tensor | None:
+    """The teacher's id of every token of the student's vocabulary ([UNK] where the teacher lacks it); None
+    when both vocabularies are the same."""
+    sv, tv = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if sv == tv:
+        return None
+    unk = tv.get(teacher_tokenizer.unk_token, 0)
+    out = torch.full((max(sv.values()) + 1,), unk, dtype=torch.long)
+    for token, i in sv.items():
+        out[i] = tv.get(token, unk)
+    return out
+
+
+@contextmanager
+def teacher_reads_student_ids(teacher: nn.Module, student_tokenizer: Any, teacher_tokenizer: Any) -> Iterator[None]:
+    """While the block runs, the teacher translates the student's input ids into its own vocabulary (after
+    prune_vocab the two differ: without this a distillation teacher would read the wrong tokens)."""
+    mapping = id_map(student_tokenizer, teacher_tokenizer)
+    if mapping is None:
+        yield
+        return
+
+    def remap(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if kwargs.get("input_ids") is not None:
+            kwargs["input_ids"] = mapping.to(kwargs["input_ids"].device)[kwargs["input_ids"]]
+        elif args and isinstance(args[0], torch.Tensor):
+            args = (mapping.to(args[0].device)[args[0]], *args[1:])
+        return args, kwargs
+
+    handle = teacher.register_forward_pre_hook(remap, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def corpus(cfg: PruneVocab, task: Task | None, seed: int) -> list[str]:
