@@ -99,3 +99,32 @@ def test_plan_cli_refuses_bad_fractions(cli_inputs):
                                  str(cli_inputs / "data"), "--layers", "0.5,1.5", "--out", str(cli_inputs / "p")])
     assert r.exit_code != 0 and "--layers" in str(r.exception or r.output)
     assert yaml  # (yaml is used by the recipe checks above)
+
+
+def test_round1_skips_candidates_smaller_than_a_hopeless_one(planned, monkeypatch):
+    """Shallowest first, widest first within a depth; once a candidate lost more than max_drop + slack, every
+    candidate no larger than it (same vocabulary and INT8 choice) is skipped, and the report says why."""
+    from slimformer import tasks
+    from slimformer.plan import PlanSettings, SearchSpace
+    from slimformer.plan import search
+
+    tmp, _ = planned
+    task = tasks.load("sst2", tmp / "data")
+    space = SearchSpace(layers=[1.0, 0.5], heads=[1.0, 0.5], ffn=[1.0, 0.5], int8=[False])
+    pl = search.Planner(str(tmp / "teacher"), task, tmp / "plan-skip", PlanSettings(max_drop=1.0, proxy_slack=0.0),
+                        space)
+    base = pl.base_metrics()["accuracy"]
+    ran = []
+
+    def fake_run(model, tok, task, c, steps, out, settings, final):
+        ran.append(c.name)
+        return {"name": c.name, "metrics": {"accuracy": base - (0.5 if c.layers == 2 else 0.0)}}
+
+    monkeypatch.setattr(search, "_run", fake_run)
+    cands = pl.candidates()
+    assert [c.name for c in cands][:4] == ["L2-h1-f1-vocab-fp32", "L2-h1-f0.5-vocab-fp32", "L2-h0.5-f1-vocab-fp32",
+                                           "L2-h0.5-f0.5-vocab-fp32"]
+    done, skipped = pl.round1(cands)
+    assert ran == ["L2-h1-f1-vocab-fp32", "L4-h1-f1-vocab-fp32", "L4-h1-f0.5-vocab-fp32", "L4-h0.5-f1-vocab-fp32",
+                   "L4-h0.5-f0.5-vocab-fp32"]
+    assert len(skipped) == 3 and all("L2-h1-f1-vocab-fp32 already lost too much" in s for s in skipped)

@@ -36,7 +36,8 @@ def plan(model: str = typer.Argument(..., help=MODEL_HELP + "; the fine-tuned mo
          max_size_mb: Optional[float] = typer.Option(None, help="size limit on disk (MB)"),
          budget_minutes: float = typer.Option(60.0, help="wall-clock budget of the whole plan"),
          epochs: float = typer.Option(3.0, help="epochs of the full recovery distillation"),
-         proxy_examples: int = typer.Option(2000, min=16, help="training examples of the proxy recovery (round 1)"),
+         proxy_examples: int = typer.Option(8000, min=16, help="round 1: one epoch over at most this many "
+                                            "training examples"),
          layers: str = typer.Option("1,0.67,0.5", help="fractions of the layers to try"),
          heads: str = typer.Option("1,0.5", help="fractions of the attention heads to try"),
          ffn: str = typer.Option("1,0.5", help="fractions of the FFN neurons to try"),

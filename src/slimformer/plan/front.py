@@ -133,7 +133,7 @@ def write_plan_report(out: Path, report: dict[str, Any], task: Any, data: str | 
     advice.append("unstructured sparsity is not in the grid: dense kernels on this CPU do not get faster from "
                   "zeros (docs/BENCHMARKS.md section 9); a GPU would rather use fp16/bf16 and structured pruning")
     md += ["## Advice for this machine", "", *(f"- {a}" for a in advice), ""]
-    md += [f"- not tried in round 1 (budget): {', '.join(report['not_tried'])}"] if report["not_tried"] else []
+    md += [f"- not tried in round 1: {', '.join(report['not_tried'])}"] if report["not_tried"] else []
     md += [f"- {n}" for n in report["notes"]]
     if pick:
         md += ["", f"## What each step of {pick['name']} contributed (its own run, measured after every step)", "",

@@ -120,7 +120,7 @@ class Planner:
         state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         check(not state or state.get("config") == config, f"plan: {out} holds a plan with other settings; give "
               "a new --out (or delete it) to plan again")
-        self.state = {"config": config, "spent_s": state.get("spent_s", 0.0)}
+        self.state = {**state, "config": config, "spent_s": state.get("spent_s", 0.0)}
         self.t0 = time.monotonic()
 
     def spent(self) -> float:
@@ -142,21 +142,33 @@ class Planner:
 
         int8_ok = not torch.cuda.is_available()
         cands = grid(self.space, len(ad.layers(self.model)), vocab_ok, int8_ok)
-        return sorted(cands, key=lambda c: (c.layers, c.heads * c.ffn))  # cheapest first
+        return sorted(cands, key=lambda c: (c.layers, -c.heads * c.ffn))  # shallowest first, widest first in a depth
 
     def round1(self, cands: list[Candidate]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every candidate with the proxy recovery, within its share of the budget. A candidate is skipped
+        when one at least as large (depth, heads, FFN; same vocabulary and INT8 choice) already lost more than
+        max_drop + proxy_slack: with less capacity it will not do better."""
         embedding = getattr(self.task, "mode", None) == "embedding"
         done, skipped = [], []
         limit = self.settings.budget_minutes * 60 * self.settings.proxy_share
+        hopeless: list[Candidate] = []
         for i, c in enumerate(cands):
             out = self.out / "runs" / f"proxy-{c.name}"
+            bigger = next((d for d in hopeless if d.layers >= c.layers and d.heads >= c.heads and d.ffn >= c.ffn
+                           and (d.vocab, d.int8) == (c.vocab, c.int8)), None)
+            if bigger is not None:
+                skipped.append(f"{c.name} (the larger {bigger.name} already lost too much)")
+                continue
             if not (out / "summary.json").exists() and self.spent() > limit:
-                skipped.append(c.name)
+                skipped.append(f"{c.name} (budget)")
                 continue
             console.rule(f"[bold]plan round 1 ({i + 1}/{len(cands)}): {c.name}, proxy recovery; "
                          f"{self.left() / 60:.0f} of {self.settings.budget_minutes:g} min left")
             done.append({**_run(self.model, self.tok, self.task, c, c.steps(self.space, embedding, True), out,
                                 self.settings, False), "candidate": c})
+            if _drop(self.task, self.base_metrics(), done[-1]["metrics"]) > \
+                    self.settings.max_drop + self.settings.proxy_slack:
+                hopeless.append(c)
             self.checkpoint()
         return done, skipped
 
@@ -256,8 +268,15 @@ def run_plan(model_name: str, task: Any, out: str | Path, settings: PlanSettings
                   f"{task.main_metric} {base[task.main_metric]:.4f}")
     proxies, skipped = pl.round1(cands)
     check(bool(proxies), "plan: the budget ended before the first candidate ran; give a larger --budget-minutes")
-    console.rule("[bold]plan: latency of every proxy and the input, interleaved")
-    lat, _ = pl.latency(proxies, settings.latency_budget_s / 2)
+    names = sorted(r["name"] for r in proxies)
+    saved = pl.state.get("proxy_latency") or {}
+    if saved.get("names") == names:  # a resumed plan keeps the order round 2 was run in
+        lat = {int(b): v for b, v in saved["latency"].items()}
+    else:
+        console.rule("[bold]plan: latency of every proxy and the input, interleaved")
+        lat, _ = pl.latency(proxies, settings.latency_budget_s / 2)
+        pl.state["proxy_latency"] = {"names": names, "latency": lat}
+        pl.checkpoint()
     pl.annotate(proxies, lat)
     finals, notes = pl.round2(pl.round2_order(proxies))
     report: dict[str, Any] = {"model": model_name, "task": task.name, "metric": task.main_metric,

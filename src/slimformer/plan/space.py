@@ -25,7 +25,7 @@ class SearchSpace(BaseModel):
     ffn: list[float] = Field([1.0, 0.5], description="fractions of the FFN neurons to keep")
     vocab: list[bool] = Field([True], description="prune the vocabulary to the training text (encoders)")
     int8: list[bool] = Field([True], description="dynamic INT8 last (dropped on a GPU: prefer fp16 there)")
-    proxy_examples: int = Field(2000, ge=16, description="training examples of the proxy recovery (1 epoch)")
+    proxy_examples: int = Field(8000, ge=16, description="training examples of the proxy recovery (1 epoch)")
     epochs: float = Field(3.0, gt=0, description="epochs of the full recovery (all training examples)")
     lr: float = Field(1e-4, gt=0)
     importance_examples: int = Field(256, ge=8)
