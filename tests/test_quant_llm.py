@@ -151,11 +151,14 @@ def test_awq_4bit_beats_rtn_4bit_with_outlier_channels():
     assert e_awq < e_rtn, (e_awq, e_rtn)
 
 
-def test_awq_and_smoothquant_refuse_post_ln_encoders(tiny_bert):
-    bert = tiny_bert()
+@pytest.mark.parametrize("family", ["bert", "marian"])
+def test_awq_and_smoothquant_refuse_models_without_a_pre_norm(family):
+    from families import tiny
+
+    model = tiny(family)
     for raw in ({"step": "quantize_weights", "method": "awq"}, {"step": "quantize_dynamic", "smoothquant": 0.5}):
         with pytest.raises(SlimformerError, match="needs pre-norm layers") as e:
-            parse_step(raw, 0).preflight(bert, None)
+            parse_step(raw, 0).preflight(model, None)
         assert "\n" not in str(e.value)
 
 
