@@ -143,8 +143,9 @@ def _tensor_mb(model: Any) -> float:
 def quant(group: int = 64) -> dict[str, Any]:
     """Weight-only RTN / GPTQ / GPTQ act-order / AWQ at 4 bits and RTN / GPTQ / GPTQ act-order at 3 bits (group
     `group`: 128 does not divide SmolLM2's width 576 and would fall back to one scale per row for every Linear
-    but down_proj), then dynamic INT8 (fbgemm) with and without SmoothQuant (alpha 0.5); same calibration
-    batches and perplexity setup as `prune`. The tied embedding / LM head stays fp32 in every variant."""
+    but down_proj), then dynamic INT8 (per-tensor activations on fbgemm, per-token on torch._int_mm) with and
+    without SmoothQuant (alpha 0.5); same calibration batches and perplexity setup as `prune`. The tied
+    embedding / LM head stays fp32 in every variant."""
     from slimformer.quantize import QuantizeDynamic, QuantizeWeights, quantize_dynamic, quantize_weights
 
     base, tok, task, batches = _setup()
@@ -170,15 +171,16 @@ def quant(group: int = 64) -> dict[str, Any]:
         info = dict((getattr(model.config, "slimformer", None) or {}).get("awq", {}))
         row(f"{method} {bits}-bit g{group}{' act-order' if act_order else ''}", model, secs, info)
         del model
-    for alpha in (None, 0.5):
-        cfg = QuantizeDynamic(backend="torch", smoothquant=alpha, guard=False)
+    kernels = {"tensor": "per-tensor activations, fbgemm", "token": "per-token activations, torch._int_mm"}
+    for acts, alpha in (("tensor", None), ("tensor", 0.5), ("token", None), ("token", 0.5)):
+        cfg = QuantizeDynamic(backend="torch", smoothquant=alpha, activations=acts, guard=False)
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
         model = quantize_dynamic(model, cfg, tok, batches)
         secs = time.perf_counter() - t0
         info = dict((getattr(model.config, "slimformer", None) or {}).get("smoothquant", {}))
-        row("int8 dynamic (fbgemm)" if alpha is None else f"smoothquant {alpha} + int8 dynamic (fbgemm)", model,
-            secs, info)
+        name = f"int8 dynamic ({kernels[acts]})"
+        row(name if alpha is None else f"smoothquant {alpha} + {name}", model, secs, info)
         del model
     return {"group": group, "rows": rows, "calib_blocks": len(batches),
             "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches)}

@@ -205,11 +205,47 @@ def test_smoothquant_int8_beats_plain_int8_with_an_outlier_channel(tokenizer, tm
     assert torch.equal(logits(back, bs), logits(smoothed, bs))
 
 
+
+def test_per_token_int8_linear_matches_its_definition():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48)
+    q = QLinear.from_linear(lin, 8, None, "token")
+    x = torch.randn(2, 5, 64)
+    x[..., 7] *= 40  # an outlier channel
+    sx = x.abs().amax(-1, keepdim=True) / 127
+    xq = torch.clamp(torch.round(x / sx), -127, 127)
+    want = (xq @ q.qweight.float().T) * sx * q.scale + lin.bias
+    with torch.no_grad():
+        got = q(x)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-5)
+    assert rel(got, lin(x).detach()) < 0.05
+
+
+def test_smoothquant_helps_per_token_int8_too_and_reloads(tokenizer, tmp_path):
+    model = tiny_llama(outliers=30)
+    bs = batches()
+    ref = logits(model, bs)
+    token = dict(backend="torch", embeddings=False, activations="token")
+    plain = quantize_dynamic(copy.deepcopy(model), QuantizeDynamic(**token))
+    smoothed = quantize_dynamic(copy.deepcopy(model), QuantizeDynamic(**token, smoothquant=0.5), batches=bs)
+    assert smoothed.model.layers[1].mlp.down_proj.act == "token"
+    assert rel(logits(smoothed, bs), ref) < rel(logits(plain, bs), ref)
+    sf.save(smoothed, tokenizer, tmp_path / "sq")
+    back, _ = sf.load(str(tmp_path / "sq"))
+    assert torch.equal(logits(back, bs), logits(smoothed, bs))
+
+
+def test_per_token_needs_the_torch_backend():
+    with pytest.raises(SlimformerError, match="activations: token needs backend: torch"):
+        parse_step({"step": "quantize_dynamic", "activations": "token"}, 0)
+
+
 # --- as recipe steps ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fields", [
     {"step": "quantize_weights", "bits": 3, "group_size": 16, "method": "gptq", "act_order": True},
     {"step": "quantize_weights", "bits": 4, "group_size": 16, "method": "awq", "awq_grid": 5},
     {"step": "quantize_dynamic", "backend": "torch", "smoothquant": 0.5},
+    {"step": "quantize_dynamic", "backend": "torch", "smoothquant": 0.5, "activations": "token"},
 ])
 def test_llm_steps_run_in_a_recipe_and_reload(fields, tokenizer, tmp_path):
     from families import inputs, tiny

@@ -9,14 +9,15 @@ INT8 will not pay off (measured no faster than FP32, no VNNI, tiny matrices).
 
 `smoothquant: 0.5` (Xiao et al. 2023, W8A8) first folds per-channel scales into every pre-norm and the
 Linears it feeds (smoothing.py), moving activation outliers into the weights, on calibration data. Both
-kernels quantize activations dynamically per tensor (one scale per call, computed at run time), not per token.
+kernels quantize activations dynamically per tensor (one scale per call, computed at run time);
+`activations: token` (torch backend) quantizes them per token instead (one scale per row, torch._int_mm).
 """
 from __future__ import annotations
 
 import copy
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import SlimformerError, check
@@ -43,6 +44,15 @@ class QuantizeDynamic(QuantStep):
     smoothquant: float | None = Field(None, ge=0, le=1, description="SmoothQuant migration strength alpha (0.5 "
                                       "typical): fold max|X|^a / max|W|^(1-a) into the pre-norms first; null: off")
     calib_examples: int = Field(128, ge=1, description="smoothquant: train examples for the activation maxima")
+    activations: Literal["tensor", "token"] = Field("tensor", description="tensor: one activation scale per call "
+                                                    "(fbgemm, ORT); token: one per token (torch backend, "
+                                                    "torch._int_mm int8 GEMM; speed not benchmarked yet)")
+
+    @model_validator(mode="after")
+    def _token_backend(self) -> "QuantizeDynamic":
+        check(self.activations == "tensor" or self.backend == "torch",
+              f"quantize_dynamic: activations: token needs backend: torch (got {self.backend})")
+        return self
 
     def preflight(self, model: nn.Module, task: Any) -> None:
         reason = ort_unsupported(model) if self.backend == "onnxruntime" else None
@@ -53,7 +63,7 @@ class QuantizeDynamic(QuantStep):
 
 
 def _torch(model: nn.Module, names: list[str], cfg: QuantizeDynamic) -> nn.Module:
-    quantize_linears(model, names, bits=8, act="dynamic")
+    quantize_linears(model, names, bits=8, act="token" if cfg.activations == "token" else "dynamic")
     if cfg.embeddings:
         quantize_embeddings(model, bits=8)
     return model

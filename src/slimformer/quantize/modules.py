@@ -1,7 +1,9 @@
 """Quantized modules whose state is plain integer tensors + scales, so safetensors stores them at real size.
 
 - `QLinear`: INT8 symmetric per-output-channel weights executed by fbgemm (`quantized.linear_dynamic` for
-  dynamic activations, `quantized.linear` for calibrated static activations); or low-bit (8/4/3) group-wise
+  dynamic activations, one scale per call; `quantized.linear` for calibrated static activations), or with
+  dynamic per-token activations (`act='token'`: one symmetric scale per row, `torch._int_mm` int8 x int8 ->
+  int32, oneDNN on CPU); or low-bit (8/4/3) group-wise
   asymmetric weights with activations left in floating point ("weight-only", dequantized once and cached).
 - `QEmbedding`: int8 / packed int4 / packed int3 rows with per-row (or per-group) scales, dequantized on lookup.
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Act = Literal["dynamic", "static", "none"]
+Act = Literal["dynamic", "static", "none", "token"]
 
 
 
@@ -192,6 +194,8 @@ class QLinear(nn.Module):
         if self._cache is None or self._cache[0] != key:
             if self.act == "none":
                 prepared = self.dequantized_weight()
+            elif self.act == "token":
+                prepared = self.qweight.t().contiguous()  # [in, out] int8 for torch._int_mm
             else:
                 zp = torch.zeros(self.out_features, dtype=torch.long)
                 with warnings.catch_warnings():  # the quantized-tensor API is deprecated; fbgemm still needs it
@@ -211,11 +215,23 @@ class QLinear(nn.Module):
             return F.linear(x, w, self.bias)
         if self.act == "dynamic":
             return torch.ops.quantized.linear_dynamic(x, prepared, False)
+        if self.act == "token":
+            return self._per_token(x, prepared)
         in_s, in_zp, out_s, out_zp = self.act_qparams.tolist()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             xq = torch.quantize_per_tensor(x.contiguous(), in_s, int(in_zp), torch.quint8)
         return torch.ops.quantized.linear(xq, prepared, out_s, int(out_zp)).dequantize()
+
+    def _per_token(self, x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+        """INT8 activations with one symmetric scale per token, int32 accumulation, rescaled to fp32."""
+        x2 = x.reshape(-1, self.in_features)
+        sx = (x2.abs().amax(1) / 127).clamp(min=1e-12)
+        xq = torch.clamp(torch.round(x2 / sx[:, None]), -127, 127).to(torch.int8)
+        y = torch._int_mm(xq, w_t).float() * sx[:, None] * self.scale[None, :]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def __getstate__(self) -> dict[str, Any]:  # deepcopy/pickle: the fbgemm cache is rebuilt on demand
         state = self.__dict__.copy()
