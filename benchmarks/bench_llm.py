@@ -2,9 +2,11 @@
 magnitude; 50% unstructured and 2:4), depth pruning (ShortGPT block influence vs dropping the last layers),
 each scored by WikiText-2 test perplexity on a fixed token budget, no recovery training; and decoding speed at
 batch 1 of the fp32 model in PyTorch and in ONNX Runtime, fp32 and with 4-bit MatMulNBits weights, against the
-bound set by this machine's memory bandwidth.
+bound set by this machine's memory bandwidth; and post-training quantization of the layers' Linears (RTN, GPTQ
+with and without act-order, AWQ at 4 bits, GPTQ and RTN at 3 bits; SmoothQuant W8A8 against plain dynamic INT8),
+scored the same way.
 
-    flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm.py prune depth speed
+    flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm.py prune depth speed quant
     python benchmarks/bench_llm.py markdown
 """
 from __future__ import annotations
@@ -128,7 +130,63 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32) -> dict[str,
             "rows": rows}
 
 
-PARTS = {"prune": prune, "depth": depth, "speed": speed}
+def _tensor_mb(model: Any) -> float:
+    """MB of the model's tensors as stored (shared tensors once; quantized codes at their packed size)."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return round(total / 1e6, 1)
+
+
+def quant(group: int = 64) -> dict[str, Any]:
+    """Weight-only RTN / GPTQ / GPTQ act-order / AWQ at 4 bits and RTN / GPTQ / GPTQ act-order at 3 bits (group
+    `group`: 128 does not divide SmolLM2's width 576 and would fall back to one scale per row for every Linear
+    but down_proj), then dynamic INT8 (per-tensor activations on fbgemm, per-token on torch._int_mm) with and
+    without SmoothQuant (alpha 0.5); same calibration batches and perplexity setup as `prune`. The tied
+    embedding / LM head stays fp32 in every variant."""
+    from slimformer.quantize import QuantizeDynamic, QuantizeWeights, quantize_dynamic, quantize_weights
+
+    base, tok, task, batches = _setup()
+    rows = []
+
+    def row(name: str, model: Any, seconds: float, info: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        ppl = task.evaluate(model, tok, "test")["perplexity"]
+        r = {"variant": name, "perplexity": round(ppl, 3), "tensor_mb": _tensor_mb(model),
+             "quantize_s": round(seconds, 1), "eval_s": round(time.perf_counter() - t0, 1), **info}
+        print(json.dumps(r))
+        rows.append(r)
+
+    row("base (dequantized Q4_1)", base, 0.0, {})
+    weight_only = [("rtn", 4, False), ("gptq", 4, False), ("gptq", 4, True), ("awq", 4, False),
+                   ("rtn", 3, False), ("gptq", 3, False), ("gptq", 3, True)]
+    for method, bits, act_order in weight_only:
+        cfg = QuantizeWeights(bits=bits, group_size=group, method=method, act_order=act_order, guard=False)
+        model = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        model = quantize_weights(model, cfg, batches)
+        secs = time.perf_counter() - t0
+        info = dict((getattr(model.config, "slimformer", None) or {}).get("awq", {}))
+        row(f"{method} {bits}-bit g{group}{' act-order' if act_order else ''}", model, secs, info)
+        del model
+    kernels = {"tensor": "per-tensor activations, fbgemm", "token": "per-token activations, torch._int_mm"}
+    for acts, alpha in (("tensor", None), ("tensor", 0.5), ("token", None), ("token", 0.5)):
+        cfg = QuantizeDynamic(backend="torch", smoothquant=alpha, activations=acts, guard=False)
+        model = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        model = quantize_dynamic(model, cfg, tok, batches)
+        secs = time.perf_counter() - t0
+        info = dict((getattr(model.config, "slimformer", None) or {}).get("smoothquant", {}))
+        name = f"int8 dynamic ({kernels[acts]})"
+        row(name if alpha is None else f"smoothquant {alpha} + {name}", model, secs, info)
+        del model
+    return {"group": group, "rows": rows, "calib_blocks": len(batches),
+            "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches)}
+
+
+PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant}
 
 
 def main(parts: list[str]) -> None:
@@ -151,6 +209,12 @@ def markdown() -> str:
         for row in r.get(part, {}).get("rows", []):
             sp = f"{100 * row['sparsity']:.1f}%" if "sparsity" in row else f"{len(row['kept'])} of 30 layers kept"
             out.append(f"| {row['variant']} | {row['perplexity']} | {sp} | {row['sparse_encoded_mb']} | {row['prune_s']} |")
+    if "quant" in r:
+        out += ["", f"Post-training quantization of the layers' Linears (group {r['quant']['group']}; the tied "
+                "embedding / LM head stays fp32):", "", "| variant | WikiText-2 test ppl | tensors MB | quantize s |",
+                "|---|---|---|---|"]
+        for row in r["quant"]["rows"]:
+            out.append(f"| {row['variant']} | {row['perplexity']} | {row['tensor_mb']} | {row['quantize_s']} |")
     if "speed" in r:
         sp = r["speed"]
         out += ["", f"Batch 1, prompt {sp['prompt']} tokens, {sp['new_tokens']} new tokens, {r['threads']} threads; "

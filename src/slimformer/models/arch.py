@@ -116,13 +116,14 @@ class Adapter:
         hd = next((int(getattr(mod, a)) for a in spec.head_dim_attrs if isinstance(getattr(mod, a, None), int)), None)
         check(hd is not None, f"{unit}: cannot tell the head size of {type(mod).__name__}")
         o = submodule(layer, spec.o)
+        norm = submodule(layer, spec.norm) if spec.norm and _has(layer, spec.norm) else None
         if spec.qkv:
             qkv = submodule(layer, spec.qkv)
             heads = in_features(o) // hd
-            return AttentionParts(unit, spec.kind, mod, qkv, qkv, qkv, o, heads, heads, hd, True, spec)
+            return AttentionParts(unit, spec.kind, mod, qkv, qkv, qkv, o, heads, heads, hd, True, spec, norm)
         q, k, v = (submodule(layer, p) for p in (spec.q, spec.k, spec.v))
         return AttentionParts(unit, spec.kind, mod, q, k, v, o, out_features(q) // hd, out_features(k) // hd, hd,
-                              False, spec)
+                              False, spec, norm)
 
     def ffn(self, model: nn.Module) -> list[FFNParts]:
         out = []
@@ -132,7 +133,9 @@ class Adapter:
                 ups = [submodule(layer, p) for p in spec.up if _has(layer, p)]
                 down = submodule(layer, spec.down)
                 blocks = [submodule(layer, p) for p in spec.blocks if _has(layer, p)] or [*ups, down]
-                out.append(FFNParts(f"{st.name}.{i}", ups, down, blocks))
+                norm = submodule(layer, spec.norm) if spec.norm and _has(layer, spec.norm) else None
+                lin = submodule(layer, spec.linear_up) if spec.linear_up and _has(layer, spec.linear_up) else None
+                out.append(FFNParts(f"{st.name}.{i}", ups, down, blocks, norm, lin))
         return out
 
     def attention_unit(self, model: nn.Module, unit: str) -> AttentionParts:

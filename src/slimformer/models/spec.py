@@ -25,6 +25,7 @@ class AttnSpec:
     head_attrs: tuple[str, ...] = ()   # attributes set to the new head count
     width_attrs: tuple[str, ...] = ()  # attributes set to heads * head_dim (all_head_size, split_size, ...)
     head_dim_attrs: tuple[str, ...] = ("head_dim", "attention_head_size", "key_value_proj_dim")
+    norm: str = ""                  # pre-norm whose output feeds only q, k, v (pre-LN layers; "" when none)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class FFNSpec:
     up: tuple[str, ...]
     down: str
     blocks: tuple[str, ...] = ()    # modules the profile times as "ffn" (default: the projections)
+    norm: str = ""                  # pre-norm whose output feeds only the `up` projections ("" when none)
+    linear_up: str = ""             # gated FFN: the up projection whose output multiplies linearly into down's input
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class AttentionParts:
     head_dim: int
     fused: bool = False             # q, k, v are one module (q is k is v)
     spec: AttnSpec | None = None
+    norm: nn.Module | None = None   # the pre-norm feeding q, k, v only (None: post-LN or unknown)
 
     @property
     def units(self) -> int:
@@ -110,6 +114,8 @@ class FFNParts:
     up: list[nn.Module]             # [up] or [gate, up]
     down: nn.Module
     blocks: list[nn.Module]
+    norm: nn.Module | None = None       # the pre-norm feeding the up projections only
+    linear_up: nn.Module | None = None  # gated FFN: down's input is linear in this projection's output
 
     @property
     def width(self) -> int:

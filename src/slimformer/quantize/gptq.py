@@ -56,15 +56,41 @@ def prepare_obs(w: torch.Tensor, h: torch.Tensor, damp: float) -> tuple[torch.Te
 
 @torch.no_grad()
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, damp: float = 0.01,
-                  block: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GPTQ codes for w [out, in] given input Hessian h [in, in]: (uint8 codes, scale, zero) per group."""
+                  block: int = 128, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ codes for w [out, in] given input Hessian h [in, in]: (uint8 codes, scale, zero) per group.
+
+    act_order: columns are quantized in order of decreasing Hessian diagonal (the inputs with the most energy
+    first, while the most columns are left to absorb their error), as in the GPTQ reference code. Groups stay
+    the contiguous input ranges of the storage format ("static groups" of the reference code, no g_idx): every
+    group's grid is fixed from the original weights before the sweep, so any column order can use it."""
+    if not act_order:
+        return _sweep(w, h, bits, group_size, damp, block, None)
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True)
+    q, scale, zero = _sweep(w[:, perm], h[perm][:, perm], bits, group_size, damp, block, perm)
+    out = torch.empty_like(q)
+    out[:, perm] = q
+    return out, scale, zero
+
+
+def _sweep(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, damp: float, block: int,
+           perm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The GPTQ column sweep over w (columns already in `perm` order when given: static groups by the
+    original column index perm[c]; otherwise each group's grid comes from its error-updated weights)."""
     w, hinv = prepare_obs(w, h, damp)
     rows, cols = w.shape
     gs = group_size if group_size and group_size < cols else cols
-    block = gs if gs < cols else min(block, cols)  # a block is one group, so its grid sees updated weights
     n_groups = cols // gs
-    scale = torch.zeros(rows, n_groups)
-    zero = torch.zeros(rows, n_groups)
+    if perm is not None:  # static groups: grids from the original (dead-zeroed) weights in storage order
+        orig = torch.empty_like(w)
+        orig[:, perm] = w
+        scale, zero = group_params(orig, bits, gs if gs < cols else None)
+        group_of = perm // gs
+        block = min(block, cols)
+    else:
+        scale = torch.zeros(rows, n_groups)
+        zero = torch.zeros(rows, n_groups)
+        group_of = torch.arange(cols) // gs
+        block = gs if gs < cols else min(block, cols)  # a block is one group, so its grid sees updated weights
     q = torch.zeros(rows, cols, dtype=torch.uint8)
     levels = 2 ** bits - 1
     for i1 in range(0, cols, block):
@@ -74,8 +100,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int |
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             c = i1 + i
-            g = c // gs
-            if c % gs == 0:  # group grid from the current (error-updated) weights of this group
+            g = int(group_of[c])
+            if perm is None and c % gs == 0:  # group grid from the current (error-updated) weights of this group
                 s, z = group_params(w1 if gs < cols else w, bits, None)
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             col = w1[:, i]

@@ -1,9 +1,11 @@
 """Quantized modules whose state is plain integer tensors + scales, so safetensors stores them at real size.
 
 - `QLinear`: INT8 symmetric per-output-channel weights executed by fbgemm (`quantized.linear_dynamic` for
-  dynamic activations, `quantized.linear` for calibrated static activations); or low-bit (8/4) group-wise
+  dynamic activations, one scale per call; `quantized.linear` for calibrated static activations), or with
+  dynamic per-token activations (`act='token'`: one symmetric scale per row, `torch._int_mm` int8 x int8 ->
+  int32, oneDNN on CPU); or low-bit (8/4/3) group-wise
   asymmetric weights with activations left in floating point ("weight-only", dequantized once and cached).
-- `QEmbedding`: int8 / packed int4 rows with per-row (or per-group) scales, dequantized on lookup.
+- `QEmbedding`: int8 / packed int4 / packed int3 rows with per-row (or per-group) scales, dequantized on lookup.
 
 The fbgemm packed weight is rebuilt lazily from the integer buffers (keyed on their version counters), so a
 model loaded from safetensors, a deep copy and a freshly quantized model all execute the same way.
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Act = Literal["dynamic", "static", "none"]
+Act = Literal["dynamic", "static", "none", "token"]
 
 
 
@@ -37,6 +39,13 @@ def group_view(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     if cols % g:
         raise ValueError(f"group size {g} does not divide {cols} columns")
     return w.reshape(rows, cols // g, g)
+
+
+def fit_group(cols: int, group_size: int | None) -> int | None:
+    """The group size used for `cols` input columns: None (one group per row) when it does not divide them."""
+    if not group_size or group_size >= cols:
+        return None
+    return group_size if cols % group_size == 0 else None
 
 
 def group_params(w: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,20 +88,50 @@ def unpack4(p: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def pack3(q: torch.Tensor) -> torch.Tensor:
+    """Eight 3-bit codes in three bytes along the last dimension (zero-padded to a multiple of 8 codes)."""
+    q = q.to(torch.int32)
+    pad = -q.shape[-1] % 8
+    if pad:
+        q = F.pad(q, (0, pad))
+    q = q.reshape(*q.shape[:-1], -1, 8)
+    word = sum(q[..., i] << (3 * i) for i in range(8))  # 24 bits
+    out = torch.stack([(word >> (8 * i)) & 0xFF for i in range(3)], dim=-1)
+    return out.reshape(*q.shape[:-2], -1).to(torch.uint8).contiguous()
+
+
+def unpack3(p: torch.Tensor, cols: int) -> torch.Tensor:
+    """The first `cols` 3-bit codes of rows packed by pack3."""
+    b = p.to(torch.int32).reshape(*p.shape[:-1], -1, 3)
+    word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+    q = torch.stack([(word >> (3 * i)) & 7 for i in range(8)], dim=-1)
+    return q.reshape(*p.shape[:-1], -1)[..., :cols].to(torch.uint8)
+
+
+def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes as stored: 8-bit as is, 4-bit two per byte, 3-bit eight per three bytes."""
+    return pack4(q) if bits == 4 else pack3(q) if bits == 3 else q.to(torch.uint8)
+
+
+def unpack(p: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
+    return unpack4(p) if bits == 4 else unpack3(p, cols) if bits == 3 else p
+
+
 def _storage_cols(cols: int, bits: int) -> int:
-    return cols // 2 if bits == 4 else cols
+    return cols // 2 if bits == 4 else -(-cols // 8) * 3 if bits == 3 else cols
 
 
 # --- modules ------------------------------------------------------------------------------------------
 class QLinear(nn.Module):
     """A Linear with quantized weights. act='dynamic'|'static' needs bits=8 per-channel (fbgemm INT8 GEMM);
-    act='none' is weight-only (bits 8 or 4, optional group_size), executed in fp32 after one dequantization."""
+    act='none' is weight-only (bits 8, 4 or 3, optional group_size), executed in fp32 after one dequantization.
+    3-bit codes are really packed (8 codes in 3 bytes), so a 3-bit layer is 3/8 of an 8-bit one on disk."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8,
                  group_size: int | None = None, act: Act = "dynamic"):
         super().__init__()
-        if bits not in (4, 8):
-            raise ValueError("bits must be 4 or 8")
+        if bits not in (3, 4, 8):
+            raise ValueError("bits must be 3, 4 or 8")
         if act != "none" and (bits != 8 or group_size):
             raise ValueError("INT8 activations need 8-bit per-channel weights (no group_size)")
         if bits == 4 and in_features % 2:
@@ -125,7 +164,7 @@ class QLinear(nn.Module):
         """Quantize float weights w (round to nearest), or store the given grid (scale, zero) for GPTQ."""
         if self.act == "none":
             q, s, z = quantize_groups(w, self.bits, self.group_size, scale, zero)
-            self.qweight.copy_(pack4(q) if self.bits == 4 else q)
+            self.qweight.copy_(pack(q, self.bits))
             self.scale.copy_(s.half())
             self.zero.copy_(z.to(torch.uint8))
         else:
@@ -135,13 +174,13 @@ class QLinear(nn.Module):
 
     def set_codes(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
         """Store precomputed uint8 codes (weight-only) with their group scale and zero."""
-        self.qweight.copy_(pack4(q) if self.bits == 4 else q.to(torch.uint8))
+        self.qweight.copy_(pack(q, self.bits))
         self.scale.copy_(scale.half())
         self.zero.copy_(zero.to(torch.uint8))
 
     def dequantized_weight(self) -> torch.Tensor:
         if self.act == "none":
-            q = unpack4(self.qweight) if self.bits == 4 else self.qweight
+            q = unpack(self.qweight, self.bits, self.in_features)
             return dequantize_groups(q, self.scale, self.zero, self.group_size)
         return self.qweight.float() * self.scale[:, None]
 
@@ -155,6 +194,8 @@ class QLinear(nn.Module):
         if self._cache is None or self._cache[0] != key:
             if self.act == "none":
                 prepared = self.dequantized_weight()
+            elif self.act == "token":
+                prepared = self.qweight.t().contiguous()  # [in, out] int8 for torch._int_mm
             else:
                 zp = torch.zeros(self.out_features, dtype=torch.long)
                 with warnings.catch_warnings():  # the quantized-tensor API is deprecated; fbgemm still needs it
@@ -174,11 +215,23 @@ class QLinear(nn.Module):
             return F.linear(x, w, self.bias)
         if self.act == "dynamic":
             return torch.ops.quantized.linear_dynamic(x, prepared, False)
+        if self.act == "token":
+            return self._per_token(x, prepared)
         in_s, in_zp, out_s, out_zp = self.act_qparams.tolist()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             xq = torch.quantize_per_tensor(x.contiguous(), in_s, int(in_zp), torch.quint8)
         return torch.ops.quantized.linear(xq, prepared, out_s, int(out_zp)).dequantize()
+
+    def _per_token(self, x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+        """INT8 activations with one symmetric scale per token, int32 accumulation, rescaled to fp32."""
+        x2 = x.reshape(-1, self.in_features)
+        sx = (x2.abs().amax(1) / 127).clamp(min=1e-12)
+        xq = torch.clamp(torch.round(x2 / sx[:, None]), -127, 127).to(torch.int8)
+        y = torch._int_mm(xq, w_t).float() * sx[:, None] * self.scale[None, :]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def __getstate__(self) -> dict[str, Any]:  # deepcopy/pickle: the fbgemm cache is rebuilt on demand
         state = self.__dict__.copy()
@@ -191,7 +244,7 @@ class QLinear(nn.Module):
 
 
 class QEmbedding(nn.Module):
-    """An embedding table stored as 8- or 4-bit group-wise codes, dequantized row by row on lookup."""
+    """An embedding table stored as 8-, 4- or 3-bit group-wise codes, dequantized row by row on lookup."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, bits: int = 8,
                  group_size: int | None = None):
@@ -207,7 +260,7 @@ class QEmbedding(nn.Module):
     def from_embedding(cls, emb: nn.Embedding, bits: int = 8, group_size: int | None = None) -> "QEmbedding":
         q = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, bits, group_size)
         codes, s, z = quantize_groups(emb.weight.data, bits, group_size)
-        q.qweight.copy_(pack4(codes) if bits == 4 else codes)
+        q.qweight.copy_(pack(codes, bits))
         q.scale.copy_(s.half())
         q.zero.copy_(z)
         return q
@@ -218,7 +271,7 @@ class QEmbedding(nn.Module):
         return self._rows(self.qweight, self.scale, self.zero)
 
     def _rows(self, q: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        codes = unpack4(q) if self.bits == 4 else q
+        codes = unpack(q, self.bits, self.embedding_dim)
         return dequantize_groups(codes, s, z, self.group_size)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -1,55 +1,79 @@
-"""Weight-only 8/4-bit quantization with group-wise scales: round-to-nearest or GPTQ.
+"""Weight-only 8/4/3-bit quantization with group-wise scales: round-to-nearest, GPTQ or AWQ.
 
-Weights are stored as uint8 codes (two 4-bit codes per byte) with fp16 scales and uint8 zeros per group, so
-the file really shrinks; at run time each layer dequantizes once to fp32 (on CPU this buys size on disk and
-download, not latency; combine with quantize_dynamic for INT8 speed).
+Weights are stored as uint8 codes (two 4-bit codes per byte, eight 3-bit codes per three bytes) with fp16
+scales and uint8 zeros per group, so the file really shrinks; at run time each layer dequantizes once to fp32
+(on CPU this buys size on disk and download, not latency; combine with quantize_dynamic for INT8 speed).
+
+- `rtn`: round to nearest on an asymmetric min-max grid per group.
+- `gptq` (gptq.py): column by column with the inverse input Hessian; `act_order: true` visits columns by
+  decreasing Hessian diagonal with static groups (grids fixed from the original weights, storage unchanged).
+- `awq` (awq.py): activation-aware per-channel scales searched per layer and folded into the op before
+  (norm, v, up), then RTN. Needs pre-norm layers (Llama-style decoders, GPT-2).
 """
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
+from ..errors import check
 from ..progress import track
 from ..steps import Context, implements
+from .awq import awq_scale
 from .common import QuantStep, run_guard, summary
 from .gptq import gptq_quantize, input_hessians
 from .guard import calibration_batches
-from .modules import QLinear
+from .modules import QLinear, fit_group
 from .ops import quantize_embeddings, quantize_linears
+from .smoothing import norm_groups
 
 
 class QuantizeWeights(QuantStep):
-    """Weight-only quantization of Linear layers (and the word embeddings) to 8 or 4 bits."""
+    """Weight-only quantization of Linear layers (and the word embeddings) to 8, 4 or 3 bits."""
 
     step: ClassVar[str] = "quantize_weights"
-    bits: Literal[4, 8] = 4
+    bits: Literal[3, 4, 8] = Field(4, description="bits per weight; 3-bit codes are packed 8 per 3 bytes")
     group_size: int | None = Field(128, ge=2, description="columns per scale (None: one scale per row)")
-    method: Literal["rtn", "gptq"] = "rtn"
+    method: Literal["rtn", "gptq", "awq"] = Field("rtn", description="rtn (round to nearest), gptq (Hessian "
+                                                  "error compensation) or awq (activation-aware scales, then rtn)")
+    act_order: bool = Field(False, description="gptq: quantize columns by decreasing Hessian diagonal (static "
+                            "groups: each group's grid fixed from the original weights)")
+    awq_grid: int = Field(20, ge=1, le=100, description="awq: alpha tried at i/awq_grid, i = 0..awq_grid")
     embeddings: bool = Field(True, description="quantize the word embeddings too")
-    embedding_bits: Literal[4, 8] | None = Field(None, description="bits of the embeddings (default: bits)")
-    calib_examples: int = Field(128, ge=1, description="train examples for the GPTQ Hessians")
+    embedding_bits: Literal[3, 4, 8] | None = Field(None, description="bits of the embeddings (default: bits)")
+    calib_examples: int = Field(128, ge=1, description="train examples for the GPTQ Hessians / AWQ statistics")
     damp: float = Field(0.01, gt=0, description="GPTQ dampening, a fraction of the mean Hessian diagonal")
 
+    @model_validator(mode="after")
+    def _options(self) -> "QuantizeWeights":
+        check(not self.act_order or self.method == "gptq",
+              f"quantize_weights: act_order applies to method gptq, not {self.method}")
+        return self
 
-def _fit_group(cols: int, group_size: int | None) -> int | None:
-    if not group_size or group_size >= cols:
-        return None
-    return group_size if cols % group_size == 0 else None
+    def preflight(self, model: nn.Module, task: Any) -> None:
+        if self.method == "awq":
+            norm_groups(model, "quantize_weights: method awq")
 
 
 def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
                      batches: list | None = None) -> nn.Module:
-    """Quantize model in place (Python API). GPTQ needs calibration `batches` (see guard.calibration_batches)."""
+    """Quantize model in place (Python API). GPTQ and AWQ need calibration `batches`
+    (see guard.calibration_batches); without them GPTQ falls back to RTN, AWQ refuses."""
     cfg = cfg or QuantizeWeights()
     names = cfg.targets(model)
+    if cfg.method == "awq":
+        check(bool(batches), "quantize_weights: method awq needs calibration batches")
+        report = awq_scale(model, batches or [], cfg.bits, cfg.group_size, cfg.awq_grid)
+        meta = dict(getattr(model.config, "slimformer", None) or {})
+        meta["awq"] = {k: report[k] for k in ("error_rtn", "error_awq")}
+        model.config.slimformer = meta
     mods = dict(model.named_modules())
     hessians = input_hessians(model, names, batches) if cfg.method == "gptq" and batches else {}
     by_group: dict[int | None, list[str]] = {}
     for n in names:
-        by_group.setdefault(_fit_group(mods[n].in_features, cfg.group_size), []).append(n)
+        by_group.setdefault(fit_group(mods[n].in_features, cfg.group_size), []).append(n)
     floats = {n: mods[n].weight.detach().clone() for n in names}
     for gs, group_names in by_group.items():
         quantize_linears(model, group_names, bits=cfg.bits, group_size=gs, act="none")
@@ -57,7 +81,8 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
         qmods = dict(model.named_modules())
         for n in track(names, desc="gptq", total=len(names)):
             q: QLinear = qmods[n]
-            codes, scale, zero = gptq_quantize(floats[n], hessians[n], cfg.bits, q.group_size, cfg.damp)
+            codes, scale, zero = gptq_quantize(floats[n], hessians[n], cfg.bits, q.group_size, cfg.damp,
+                                               act_order=cfg.act_order)
             q.set_codes(codes, scale, zero)
     if cfg.embeddings:
         quantize_embeddings(model, bits=cfg.embedding_bits or cfg.bits, group_size=cfg.group_size)
@@ -67,11 +92,14 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
 @implements(QuantizeWeights)
 def quantize_weights_step(model: nn.Module, cfg: QuantizeWeights, ctx: Context) -> nn.Module:
     batches = None
-    if cfg.method == "gptq":
+    if cfg.method in ("gptq", "awq"):
         task = ctx.require_task(cfg.step)
         batches = calibration_batches(ctx.tokenizer, task, cfg.calib_examples, ctx.max_len, seed=ctx.seed, model=model)
     before = copy.deepcopy(model) if cfg.guard and ctx.task is not None else None
     model = quantize_weights(model, cfg, batches)
+    awq = (getattr(model.config, "slimformer", None) or {}).get("awq")
+    if awq:
+        ctx.note("awq", awq)
     ctx.note("quantized", summary(model))
     if before is not None:
         run_guard(before, model, cfg, ctx)

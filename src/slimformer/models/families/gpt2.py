@@ -7,8 +7,8 @@ FAMILY = register_family(Family(
     stacks=(StackSpec(
         "decoder", "h",
         (AttnSpec("self", "attn", qkv="attn.c_attn", o="attn.c_proj", head_attrs=("num_heads",),
-                  width_attrs=("split_size",)),),
-        FFNSpec(up=("mlp.c_fc",), down="mlp.c_proj", blocks=("mlp",)),
+                  width_attrs=("split_size",), norm="ln_1"),),
+        FFNSpec(up=("mlp.c_fc",), down="mlp.c_proj", blocks=("mlp",), norm="ln_2"),
         count_keys=("n_layer",)),),
     word_embeddings="wte",
     embeddings=("wte", "wpe"),

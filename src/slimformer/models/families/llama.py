@@ -7,8 +7,9 @@ FAMILY = register_family(Family(
     stacks=(StackSpec(
         "decoder", "layers",
         (AttnSpec("self", "self_attn", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
-                  o="self_attn.o_proj"),),
-        FFNSpec(up=("mlp.gate_proj", "mlp.up_proj"), down="mlp.down_proj", blocks=("mlp",)),
+                  o="self_attn.o_proj", norm="input_layernorm"),),
+        FFNSpec(up=("mlp.gate_proj", "mlp.up_proj"), down="mlp.down_proj", blocks=("mlp",),
+                norm="post_attention_layernorm", linear_up="mlp.up_proj"),
         count_keys=("num_hidden_layers",)),),
     word_embeddings="embed_tokens",
     heads=("lm_head", "score"),
