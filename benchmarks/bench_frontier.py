@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_quant import FP32, measure, side_builders, size_of
+from bench_quant import FP32, side_builders, size_of
 from common import CACHE, DATA, TEACHER_RECIPES, print_table, task, teacher, write_result
 
 import torch
@@ -95,17 +95,51 @@ def vocab_effect(name: str, fp: Any, tok: Any, other_text: Path, lines: int = 20
     return out
 
 
+def measure_pairs(cands: dict[str, tuple[Any, int, str]], toks: dict[str, Any], t: Any, threads: int,
+                  budget_s: float) -> list[dict[str, Any]]:
+    """Dev metric of every candidate with its own tokenizer; then each candidate timed interleaved with the
+    fp32 teacher, one pair at a time (several ONNX Runtime sessions in one round robin disturb each other at
+    batch 1), at batch 1 and 32, seq 128; random ids valid for the smallest vocabulary."""
+    from slimformer.bench import compare_latency
+    from slimformer.evaluate import evaluate_task
+    from slimformer.reliability import speedup
+
+    fp = cands[FP32][0]
+    lat_tok = min(toks.values(), key=len)
+    rows = []
+    for name, (m, size, how) in cands.items():
+        with torch.inference_mode():
+            metrics = evaluate_task(m, toks.get(name, toks[FP32]), t, "dev", 128)
+        row = {"method": name, **{k: round(100 * v, 2) for k, v in metrics.items()}, "size_mb": round(size / 1e6, 2),
+               "size_from": how}
+        for b in (1, 32):
+            lat = compare_latency({"teacher": fp, name: m} if name != FP32 else {FP32: m}, lat_tok, b, 128, threads,
+                                  budget_s=budget_s * (1 if b == 1 else 3))
+            mine = lat[name].summary()
+            row[f"b{b}_ms"] = round(mine["median_ms"], 2)
+            row[f"b{b}"] = mine
+            if name != FP32:
+                ref = lat["teacher"].summary()
+                sp = speedup(ref, mine, ("teacher", name))
+                row[f"b{b}_speedup"] = round(ref["median_ms"] / mine["median_ms"], 2)
+                row[f"b{b}_band"] = [round(sp["speedup_lo"], 2), round(sp["speedup_hi"], 2)]
+                row[f"b{b}_reliable"] = sp["reliable"]
+        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
+        rows.append(row)
+    base = rows[0]
+    for r in rows:
+        r["drop_pts"] = round(base[t.main_metric] - r[t.main_metric], 2)
+        r["x_smaller"] = round(base["size_mb"] / r["size_mb"], 2)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--task", default="sst2")
     p.add_argument("--plan", required=True, help="output folder of `slimformer plan`")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--b32-runs", type=int, default=5)
-    p.add_argument("--budget", type=float, default=20.0, help="seconds for the batch-1 round robin")
-    p.add_argument("--b1-runs", type=int, default=None)
+    p.add_argument("--budget", type=float, default=8.0, help="seconds per pair at batch 1 (x3 at batch 32)")
     args = p.parse_args()
-    args.latency_only = False
     torch.set_num_threads(args.threads)
     from slimformer import models
 
@@ -130,7 +164,7 @@ def main() -> None:
     # every model is evaluated with its own tokenizer; latency uses random ids valid for the smallest vocabulary
     toks = {FP32: tok, f"slimformer plan: {pick['name']}": ctok, "MiniLM-L3 fine-tuned (fp32)": l3tok,
             "MiniLM-L3 + slimformer vocab + INT8": l3qtok}
-    rows = measure(cands, tok, t, args, toks=toks)
+    rows = measure_pairs(cands, toks, t, args.threads, args.budget)
     lim = plan.get("limits") or {}
     print_table(rows, f"Frontier on {args.task} dev, seq 128, {args.threads} threads (one run)")
     write_result(f"frontier_{args.task}", {

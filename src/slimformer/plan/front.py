@@ -105,8 +105,9 @@ def write_plan_report(out: Path, report: dict[str, Any], task: Any, data: str | 
     base = report["base_metrics"][report["metric"]]
     md = [f"# slimformer plan: {report['model']} on {report['task']}", "",
           f"Input: {report['metric']} {base:.4f}. Constraints: {', '.join(limits)}. Budget "
-          f"{s['budget_minutes']:g} min. Latency: median ms at seq {s['seq_len']}, all models of a table timed "
-          "interleaved with the input in one run (`?`: not reliable); speed-up vs the input.", "",
+          f"{s['budget_minutes']:g} min. Latency: median ms at seq {s['seq_len']}, {s['threads'] or 'all usable'} "
+          "threads, each model timed interleaved with the input model (one pair at a time, same process; `?`: not "
+          "reliable); speed-up vs the input in its pair.", "",
           f"![front]({png.name})", ""]
     if chosen:
         md += [f"**Chosen: {chosen['name']}**: the fastest final model at batch {s['batch'] or max(batches)} "

@@ -2,11 +2,10 @@
 
 Two rounds, as successive halving does. Round 1 runs every candidate of the grid (space.py) with a cheap
 proxy recovery (one epoch over a few thousand examples): architecture, size and latency are already final,
-only the metric is a lower estimate. The latency of all proxies and the input is measured interleaved in
-one run. Round 2 trains the candidates on the proxy front (metric vs latency) that meet the size and
+only the metric is a lower estimate. Every proxy's latency is measured interleaved with the input model. Round 2 trains the candidates on the proxy front (metric vs latency) that meet the size and
 latency constraints and are not hopeless (proxy drop <= max_drop + proxy_slack), fastest first, with the
 full recovery budget, until one meets max_drop or the time budget would be exceeded. The finals are then
-measured again, interleaved with the input model in one run, and the fastest that meets every constraint
+measured again, each interleaved with the input model in the same process, and the fastest that meets every constraint
 is chosen. Every candidate is an ordinary `compress` run in `OUT/runs/`: a re-run skips finished ones and
 resumes an interrupted one.
 """
@@ -95,16 +94,21 @@ def _drop(task: Any, base: dict[str, Any], metrics: dict[str, Any]) -> float:
     return round(sign * (base[key] - metrics[key]) * 100, 2)
 
 
-def _measure_latency(named: dict[str, Any], tok: Any, settings: PlanSettings, per_model_s: float
+def _measure_latency(models_: dict[str, Any], reference: Any, tok: Any, settings: PlanSettings, per_model_s: float
                      ) -> dict[int, dict[str, Any]]:
-    """Every model and the input, interleaved in one run per batch size."""
+    """Each model timed interleaved with the reference (the input model), one pair at a time, per batch size:
+    {batch: {name: summary, "input@name": the reference's summary in that pair}}. Pairs, not all at once:
+    several ONNX Runtime sessions timed in one round robin disturb each other at batch 1 (their spinning
+    thread pools), which widened the spread of all but the first by 50-80% in a first run."""
     from ..bench import compare_latency
 
-    out = {}
+    out: dict[int, dict[str, Any]] = {}
     for b in settings.batches:
-        lat = compare_latency(named, tok, b, settings.seq_len, settings.threads,
-                              budget_s=per_model_s * len(named))
-        out[b] = {k: v.summary() for k, v in lat.items()}
+        out[b] = {}
+        for name, m in models_.items():
+            lat = compare_latency({"input": reference, name: m}, tok, b, settings.seq_len, settings.threads,
+                                  budget_s=2 * per_model_s)
+            out[b][name], out[b][f"input@{name}"] = lat[name].summary(), lat["input"].summary()
     return out
 
 
@@ -186,12 +190,12 @@ class Planner:
         return {r["name"]: models.load(r["run"], task=self.task) for r in results}
 
     def latency(self, results: list[dict[str, Any]], per_model_s: float) -> tuple[dict[int, Any], Any]:
-        """Interleaved latency of the input and every result; the tokenizer of the smallest vocabulary feeds
-        all (random ids valid for every model)."""
+        """Latency of every result, each interleaved with the input; the tokenizer of the smallest vocabulary
+        feeds all (random ids valid for every model)."""
         loaded = self.loaded(results)
         tok = min([self.tok, *(t for _, t in loaded.values())], key=len)
-        named = {"input": self.model, **{k: m for k, (m, _) in loaded.items()}}
-        return _measure_latency(named, tok, self.settings, per_model_s), tok
+        return _measure_latency({k: m for k, (m, _) in loaded.items()}, self.model, tok, self.settings,
+                                per_model_s), tok
 
     def annotate(self, results: list[dict[str, Any]], lat: dict[int, Any]) -> None:
         base = self.base_metrics()
@@ -199,7 +203,9 @@ class Planner:
         for r in results:
             r["drop"] = _drop(self.task, base, r["metrics"])
             r["latency"] = {bb: lat[bb][r["name"]] for bb in lat}
-            r["speedup"] = {bb: round(lat[bb]["input"]["median_ms"] / lat[bb][r["name"]]["median_ms"], 2) for bb in lat}
+            r["input_latency"] = {bb: lat[bb][f"input@{r['name']}"] for bb in lat}
+            r["speedup"] = {bb: round(r["input_latency"][bb]["median_ms"] / r["latency"][bb]["median_ms"], 2)
+                            for bb in lat}
             r["ms"] = lat[b][r["name"]]["median_ms"]
             r["fits"] = self.fits(r)
 
@@ -273,7 +279,7 @@ def run_plan(model_name: str, task: Any, out: str | Path, settings: PlanSettings
     if saved.get("names") == names:  # a resumed plan keeps the order round 2 was run in
         lat = {int(b): v for b, v in saved["latency"].items()}
     else:
-        console.rule("[bold]plan: latency of every proxy and the input, interleaved")
+        console.rule("[bold]plan: latency of every proxy, each interleaved with the input")
         lat, _ = pl.latency(proxies, settings.latency_budget_s / 2)
         pl.state["proxy_latency"] = {"names": names, "latency": lat}
         pl.checkpoint()
@@ -284,9 +290,9 @@ def run_plan(model_name: str, task: Any, out: str | Path, settings: PlanSettings
                               "not_tried": skipped, "notes": notes, "proxies": proxies, "finals": finals,
                               "input_size_bytes": saved_size(pl.model, pl.tok)}
     if finals:
-        console.rule("[bold]plan: the final models and the input, interleaved in one run")
+        console.rule("[bold]plan: latency of the final models, each interleaved with the input")
         lat, tok = pl.latency(finals, settings.latency_budget_s)
-        report["input_latency"] = {b: lat[b]["input"] for b in lat}
+        report["input_latency"] = {b: lat[b][f"input@{finals[0]['name']}"] for b in lat}  # for the figure
         pl.annotate(finals, lat)
         chosen = choose(finals, settings)
         report["chosen"] = chosen["name"] if chosen else None
