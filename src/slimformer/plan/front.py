@@ -43,11 +43,12 @@ def _figure(report: dict[str, Any], path: Path) -> Path:
 
         for r in report["proxies"]:
             ax.plot([x(r)], [-r["drop"]], "o", color="grey", markerfacecolor="none", alpha=0.6)
-        for r in report["finals"]:
+        for j, r in enumerate(sorted(report["finals"], key=x)):
             star = r["name"] == report.get("chosen")
             ax.plot([x(r)], [-r["drop"]], "*" if star else "o", color="tab:red" if star else "tab:blue",
                     markersize=12 if star else 6)
-            ax.annotate(r["name"], (x(r), -r["drop"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(r["name"], (x(r), -r["drop"]), textcoords="offset points", xytext=(4, 4 + 10 * (j % 4)),
+                        fontsize=7)
         base_x = (inp["median_ms"] if inp else None) if key == "ms" else report.get("input_size_bytes", 0) / 1e6
         pts = [(x(r), -r["drop"]) for r in report["finals"]]
         if base_x:
@@ -56,7 +57,8 @@ def _figure(report: dict[str, Any], path: Path) -> Path:
             pts.append((base_x, 0.0))
         draw_front(ax, [p[0] for p in pts], [p[1] for p in pts])
         ax.axhline(-report["settings"]["max_drop"], color="tab:orange", linestyle=":", linewidth=1)
-        ax.set_xlabel(label)
+        ax.set_xscale("log")
+        ax.set_xlabel(label + ", log scale")
         ax.set_ylabel(f"change of {report['metric']} (points)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"slimformer plan on {report['task']}: hollow grey = proxy (short recovery), blue = full "
