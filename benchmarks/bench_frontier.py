@@ -146,7 +146,8 @@ def main() -> None:
     start = time.perf_counter()
     plan = json.loads((Path(args.plan) / "plan.json").read_text())
     finals = plan["finals"]
-    pick = next((r for r in finals if r["name"] == plan.get("chosen")), None) or min(finals, key=lambda r: r["drop"])
+    pick = next((r for r in finals if r["name"] == plan.get("chosen")), None) or \
+        min(finals, key=lambda r: (r["drop"], r["ms"]))
     t = task(args.task)
     fp, tok = teacher(args.task)
     chosen, ctok = models.load(pick["run"], task=t)

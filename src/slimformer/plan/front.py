@@ -100,7 +100,7 @@ def write_plan_report(out: Path, report: dict[str, Any], task: Any, data: str | 
     batches = s["batches"]
     png = _figure(report, out / "front.png")
     chosen = next((r for r in report["finals"] if r["name"] == report.get("chosen")), None)
-    pick = chosen or (min(report["finals"], key=lambda r: r["drop"]) if report["finals"] else None)
+    pick = chosen or (min(report["finals"], key=lambda r: (r["drop"], r["ms"])) if report["finals"] else None)
     limits = [f"accepted drop {s['max_drop']:g} pt"]
     limits += [f"latency <= {s['target_latency_ms']:g} ms at batch {s['batch']}"] if s["target_latency_ms"] else []
     limits += [f"size <= {s['max_size_mb']:g} MB"] if s["max_size_mb"] else []

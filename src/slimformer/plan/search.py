@@ -296,7 +296,7 @@ def run_plan(model_name: str, task: Any, out: str | Path, settings: PlanSettings
         pl.annotate(finals, lat)
         chosen = choose(finals, settings)
         report["chosen"] = chosen["name"] if chosen else None
-        pick = chosen or min(finals, key=lambda r: r["drop"])
+        pick = chosen or min(finals, key=lambda r: (r["drop"], r["ms"]))  # the closest; the faster of equals
         peak = gemm_peak(threads=settings.threads)
         twin = float_twin(pick["run"], task)
         report["limits"] = {"peak": peak, "model": pick["name"], "gflop_per_forward": {}, "achieved": {}}
