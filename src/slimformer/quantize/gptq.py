@@ -2,12 +2,11 @@
 error over the not-yet-quantized columns with the inverse Hessian of the layer's inputs (H = 2 X^T X)."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from .modules import group_params
+from .observe import observe_inputs
 
 Batches = list[dict[str, torch.Tensor]]
 
@@ -18,27 +17,14 @@ def input_hessians(model: nn.Module, names: list[str], batches: Batches) -> dict
     mods = dict(model.named_modules())
     hs = {n: torch.zeros(mods[n].in_features, mods[n].in_features, dtype=torch.float64) for n in names}
     counts = {n: 0 for n in names}
-    state: dict[str, torch.Tensor] = {}
+    name_of = {id(mods[n]): n for n in names}
 
-    def hook(name: str) -> Callable:
-        def fn(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            x = args[0]
-            mask = state.get("mask")
-            x = x[mask.bool()] if mask is not None and mask.shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
-            x = x.double()
-            hs[name] += 2 * x.T @ x
-            counts[name] += x.shape[0]
-        return fn
+    def add(mod: nn.Module, x: torch.Tensor) -> None:
+        x = x.double()
+        hs[name_of[id(mod)]] += 2 * x.T @ x
+        counts[name_of[id(mod)]] += x.shape[0]
 
-    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
-    try:
-        model.eval()
-        for b in batches:
-            state["mask"] = b.get("attention_mask")
-            model(**b)
-    finally:
-        for h in handles:
-            h.remove()
+    observe_inputs(model, [mods[n] for n in names], batches, add)
     return {n: (hs[n] / max(counts[n], 1)).float() for n in names}
 
 

@@ -15,7 +15,7 @@ consumers' column j) moves activation outliers into the weights before INT8 weig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import check
 from ..models import get_adapter
 from ..models.linear import is_linear, out_features, weight_oi
+from .observe import observe_inputs
 
 Batches = list[dict[str, torch.Tensor]]
 
@@ -100,14 +101,6 @@ def fold(group: ScaleGroup, s: torch.Tensor) -> None:
         wl.mul_(se.to(wl.dtype)[None, :])
 
 
-def _mask_hook(state: dict[str, Any], fn: Callable[[nn.Module, torch.Tensor], None]) -> Callable:
-    def hook(mod: nn.Module, args: tuple, out: Any) -> None:
-        x = args[0]
-        mask = state.get("mask")
-        fn(mod, x[mask.bool()] if mask is not None and mask.shape == x.shape[:2] else x.reshape(-1, x.shape[-1]))
-    return hook
-
-
 @torch.no_grad()
 def input_absmax(model: nn.Module, modules: list[nn.Module], batches: Batches) -> dict[int, torch.Tensor]:
     """{id(module): max |x_j| over the non-padding calibration tokens} of each module's input."""
@@ -117,16 +110,7 @@ def input_absmax(model: nn.Module, modules: list[nn.Module], batches: Batches) -
         m = x.detach().abs().float().amax(0)
         out[id(mod)] = torch.maximum(out[id(mod)], m) if id(mod) in out else m
 
-    state: dict[str, Any] = {}
-    handles = [m.register_forward_hook(_mask_hook(state, record)) for m in dict.fromkeys(modules)]
-    try:
-        model.eval()
-        for b in batches:
-            state["mask"] = b.get("attention_mask")
-            model(**b)
-    finally:
-        for h in handles:
-            h.remove()
+    observe_inputs(model, modules, batches, record)
     return out
 
 
