@@ -128,3 +128,21 @@ def test_round1_skips_candidates_smaller_than_a_hopeless_one(planned, monkeypatc
     assert ran == ["L2-h1-f1-vocab-fp32", "L4-h1-f1-vocab-fp32", "L4-h1-f0.5-vocab-fp32", "L4-h0.5-f1-vocab-fp32",
                    "L4-h0.5-f0.5-vocab-fp32"]
     assert len(skipped) == 3 and all("L2-h1-f1-vocab-fp32 already lost too much" in s for s in skipped)
+
+
+def test_plan_on_a_sentence_encoder_preserves_the_embedding(tmp_path, tokenizer):
+    """Embedding mode: width is scored on the embedding objective and recovery is distill_embeddings."""
+    from slimformer import models
+    from slimformer.plan import PlanSettings, SearchSpace, run_plan
+
+    from test_embeddings import sts_task, tiny_encoder
+
+    models.save(tiny_encoder(layers=2), tokenizer, tmp_path / "enc")
+    settings = PlanSettings(max_drop=100.0, budget_minutes=10, seq_len=16, batches=[1], latency_budget_s=0.2)
+    space = SearchSpace(layers=[0.5], heads=[0.5], ffn=[1.0], int8=[False], epochs=1.0, proxy_examples=16,
+                        importance_examples=8)
+    report = run_plan(str(tmp_path / "enc"), sts_task(), tmp_path / "plan", settings, space)
+    steps = report["finals"][0]["steps"]
+    assert [s["step"] for s in steps] == ["prune_vocab", "drop_layers", "prune_heads", "distill_embeddings"]
+    assert steps[2]["criterion"] == "embedding" and report["metric"] == "spearman"
+    assert report["chosen"] == report["finals"][0]["name"] and (tmp_path / "plan" / "recipe.yaml").exists()
