@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,17 +127,19 @@ def _plan(seed: int) -> tuple[str, list[str], float, int]:
     return name, patterns, delay, rng.choice([signal.SIGKILL, signal.SIGINT])
 
 
-def test_killed_at_random_moments_resumes_bit_identical(inputs, tmp_path):
-    roots = {seed: tmp_path / f"seed{seed}" for seed in SEEDS}
-    jobs = [[_args(inputs, tmp_path / "reference" / "out"), str(tmp_path / "reference.log")]]
-    jobs += [[_args(inputs, roots[s] / "out"), str(tmp_path / f"seed{s}.log")] for s in SEEDS]
-    for d in [tmp_path / "reference", *roots.values()]:
+def _launch(inputs: Path, tmp_path: Path, roots: dict[int, Path], seeds: list[int], reference: bool
+            ) -> dict[int | str, int]:
+    """Start the runs together (the reference uninterrupted, each seed with its watcher); their exit codes."""
+    jobs = [[_args(inputs, tmp_path / "reference" / "out"), str(tmp_path / "reference.log")]] if reference else []
+    jobs += [[_args(inputs, roots[s] / "out"), str(tmp_path / f"seed{s}.log")] for s in seeds]
+    for d in ([tmp_path / "reference"] if reference else []) + [roots[s] for s in seeds]:
+        shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(jobs)], stdout=subprocess.PIPE,
                                 text=True, env=ENV)
     pids = json.loads(launcher.stdout.readline())
     watchers = []
-    for seed, pid in zip(SEEDS, pids[1:]):
+    for seed, pid in zip(seeds, pids[1:] if reference else pids):
         name, patterns, delay, sig = _plan(seed)
         watchers.append(threading.Thread(target=_strike, args=(pid, launcher.pid, roots[seed], patterns, delay, sig),
                                          daemon=True))
@@ -145,6 +148,17 @@ def test_killed_at_random_moments_resumes_bit_identical(inputs, tmp_path):
     launcher.wait(timeout=60)
     for w in watchers:
         w.join()
+    names: list[int | str] = (["reference"] if reference else []) + list(seeds)
+    return dict(zip(names, codes))
+
+
+def test_killed_at_random_moments_resumes_bit_identical(inputs, tmp_path):
+    roots = {seed: tmp_path / f"seed{seed}" for seed in SEEDS}
+    got = _launch(inputs, tmp_path, roots, list(SEEDS), reference=True)
+    early = [s for s in SEEDS if got[s] == 0]  # finished before the watcher saw its moment (6 runs share the cores)
+    if early:  # a second chance for the runs the strike missed, with fewer runs sharing the cores
+        got.update(_launch(inputs, tmp_path, roots, early, reference=False))
+    codes = [got["reference"], *(got[s] for s in SEEDS)]
     assert codes[0] == 0, (tmp_path / "reference.log").read_text()
     reference = load_file(str(tmp_path / "reference" / "out" / "model.safetensors"))
     missed = 0
@@ -152,7 +166,7 @@ def test_killed_at_random_moments_resumes_bit_identical(inputs, tmp_path):
         name, _, _, sig = _plan(seed)
         what = f"seed {seed} ({name}, {signal.Signals(sig).name})"
         err = (tmp_path / f"seed{seed}.log").read_text()
-        if code == 0:  # the run finished before the watcher saw its moment (it polls; 6 runs share the cores)
+        if code == 0:  # finished before its strike twice (the watcher polls; the machine may be loaded)
             # KNOWN (not yet diagnosed): under heavy load a SIGINT sent just after the first step was once seen
             # to go unhonoured (the run finished, exit 0); counted as missed rather than failing the suite
             missed += 1
