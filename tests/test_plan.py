@@ -146,3 +146,20 @@ def test_plan_on_a_sentence_encoder_preserves_the_embedding(tmp_path, tokenizer)
     assert [s["step"] for s in steps] == ["prune_vocab", "drop_layers", "prune_heads", "distill_embeddings"]
     assert steps[2]["criterion"] == "embedding" and report["metric"] == "spearman"
     assert report["chosen"] == report["finals"][0]["name"] and (tmp_path / "plan" / "recipe.yaml").exists()
+
+
+def test_round2_order_fastest_hopeful_first_else_the_closest():
+    from types import SimpleNamespace
+
+    from slimformer.plan import PlanSettings
+    from slimformer.plan.search import Planner
+
+    me = SimpleNamespace(settings=PlanSettings(max_drop=1.0, proxy_slack=1.0))
+
+    def p(name, drop, ms, size=1):
+        return {"name": name, "drop": drop, "ms": ms, "size_bytes": size, "fits": True}
+
+    order = Planner.round2_order(me, [p("a", 1.5, 10), p("b", 0.5, 20), p("c", 5.0, 5), p("d", 1.8, 30)])
+    assert [r["name"] for r in order] == ["a", "b"]  # c hopeless; d dominated by a (slower and worse)
+    order = Planner.round2_order(me, [p("a", 7.0, 10), p("b", 4.0, 20), p("c", 9.0, 30)])
+    assert [r["name"] for r in order] == ["b", "a"]  # none hopeful: the front, most accurate first

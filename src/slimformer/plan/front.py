@@ -118,7 +118,8 @@ def write_plan_report(out: Path, report: dict[str, Any], task: Any, data: str | 
                + "). Re-run it with `slimformer compress MODEL --recipe recipe.yaml --out DIR`.", ""]
     else:
         md += ["**No final model met every constraint.** " + (f"The closest ({pick['name']}, {-pick['drop']:+.2f} "
-               "pt) is saved as closest.yaml." if pick else "No candidate was trained in full (budget)."), ""]
+               "pt) is saved as closest.yaml." if pick else "No candidate was trained in full: " + ("; ".join(report["notes"])
+               or "no candidate fits the size and latency limits") + "."), ""]
     md += ["## Final models (full recovery)", "", *_table(report["finals"], batches, report["metric"]), "",
            "## Round 1: every candidate with the proxy recovery", "",
            *_table(report["proxies"], batches, report["metric"]), ""]

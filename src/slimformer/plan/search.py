@@ -215,12 +215,17 @@ class Planner:
             (s.target_latency_ms is None or r["ms"] <= s.target_latency_ms)
 
     def round2_order(self, proxies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Front candidates (proxy drop vs latency vs size) that fit and are not hopeless, fastest first."""
+        """Front candidates (proxy drop vs latency vs size) that fit and are not hopeless, fastest first. When
+        every proxy is hopeless, the front of those that fit, most accurate first: the budget left is spent
+        on the closest ones rather than not at all."""
         s = self.settings
-        hopeful = [r for r in proxies if r["fits"] and r["drop"] <= s.max_drop + s.proxy_slack]
-        front = pareto([{**r, "_size": r["size_bytes"]} for r in hopeful], ("drop", "ms", "_size"))
+        fitting = [r for r in proxies if r["fits"]]
+        hopeful = [r for r in fitting if r["drop"] <= s.max_drop + s.proxy_slack]
+        front = pareto([{**r, "_size": r["size_bytes"]} for r in hopeful or fitting], ("drop", "ms", "_size"))
         names = {r["name"] for r in front}
-        return sorted([r for r in hopeful if r["name"] in names], key=lambda r: r["ms"])
+        if hopeful:
+            return sorted([r for r in hopeful if r["name"] in names], key=lambda r: r["ms"])
+        return sorted([r for r in fitting if r["name"] in names], key=lambda r: r["drop"])
 
     def estimate(self, proxy: dict[str, Any]) -> float:
         """Seconds a full run of this candidate should take, from its proxy run."""
