@@ -180,10 +180,9 @@ def _in_new_head(model: nn.Module, key: str, own_head: bool) -> bool:
     return any(key == h or key.startswith(h + ".") for h in heads)
 
 
-def _load_with_ops(path: str, config: Any, cls: Any, ops: list[dict[str, Any]], own_head: bool,
-                   kwargs: dict[str, Any]) -> nn.Module:
-    weights = Path(path) / "model.safetensors"
-    check(weights.is_file(), f"{path}: slimformer model without model.safetensors")
+def build_with_ops(path: str, config: Any, cls: Any, ops: list[dict[str, Any]], kwargs: dict[str, Any]
+                   ) -> nn.Module:
+    """The architecture of a slimformer output, random weights: its base config (plus kwargs), then its ops."""
     meta = dict(config.slimformer)
     base = meta.get("base_config") or config.to_dict()
     check(isinstance(base, dict), f"{path}: config.json 'slimformer.base_config' must be a mapping")
@@ -193,6 +192,14 @@ def _load_with_ops(path: str, config: Any, cls: Any, ops: list[dict[str, Any]], 
         setattr(base_config, k, v)
     model = cls.from_config(base_config) if cls.__name__.startswith("AutoModel") else cls._from_config(base_config)
     replay_ops(model, ops)
+    return model
+
+
+def _load_with_ops(path: str, config: Any, cls: Any, ops: list[dict[str, Any]], own_head: bool,
+                   kwargs: dict[str, Any]) -> nn.Module:
+    weights = Path(path) / "model.safetensors"
+    check(weights.is_file(), f"{path}: slimformer model without model.safetensors")
+    model = build_with_ops(path, config, cls, ops, kwargs)
     for key, value in config.to_dict().items():  # the final config (layer counts etc.) as saved
         if not key.startswith("_") and not (key in kwargs and not own_head):
             setattr(model.config, key, value)

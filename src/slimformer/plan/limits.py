@@ -60,18 +60,13 @@ def _int8_rate(m: int, k: int, n: int, threads: int) -> float | None:
 
 def float_twin(path: str | Path, task: Any = None) -> torch.nn.Module:
     """The architecture of a saved slimformer model without its INT8 ops, with random weights (for counting)."""
-    from ..models.io import model_class, read_config
-    from ..models.surgery import recorded_ops, replay_ops
+    from ..models.io import build_with_ops, model_class, read_config
+    from ..models.surgery import recorded_ops
 
     config = read_config(str(path))
-    meta = dict(getattr(config, "slimformer", None) or {})
-    base = type(config).from_dict(meta.get("base_config") or config.to_dict())
-    base.slimformer = {}
-    for k, v in (task.model_kwargs() if task is not None else {}).items():
-        setattr(base, k, v)
     cls, _ = model_class(config, task)
-    model = cls.from_config(base) if cls.__name__.startswith("AutoModel") else cls._from_config(base)
-    replay_ops(model, [op for op in recorded_ops(config) if op.get("op") not in QUANT_OPS])
+    ops = [op for op in recorded_ops(config) if op.get("op") not in QUANT_OPS]
+    model = build_with_ops(str(path), config, cls, ops, task.model_kwargs() if task is not None else {})
     return model.eval()
 
 
