@@ -84,24 +84,33 @@ def depth(drop: int = 6) -> dict[str, Any]:
     return {"block_influence": [round(b, 4) for b in bi], "rows": rows}
 
 
-def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32) -> dict[str, Any]:
-    """Prefill and decode at batch 1: PyTorch fp32, ORT fp32, ORT 4-bit (then PyTorch again as a drift check);
+def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int = 64) -> dict[str, Any]:
+    """Prefill and decode at batch 1: PyTorch fp32, ORT fp32, ORT 4-bit by ONNX Runtime's rounding (block
+    `block`), ORT with slimformer's GPTQ codes (group `group`) (then PyTorch again as a drift check);
     perplexity of the ONNX graphs on the same tokens; bytes read per token and the bandwidth bound."""
     from slimformer.deploy import export_onnx
     from slimformer.export_generative import OrtDecoder
     from slimformer.generation import generation_profile, ort_generation_profile
     from slimformer.quantize.onnx_int4 import bytes_read_per_token, read_bandwidth
 
-    model, tok, task, _ = _setup()
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+
+    model, tok, task, batches = _setup()
     out = common.CACHE / "onnx" / "smollm2"
-    files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx"}
+    gptq = f"ort gptq 4-bit g{group} (own codes)"
+    files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx", gptq: out / f"gptq4-g{group}.onnx"}
     export_info = {}
     for name, path in files.items():
         if not path.exists():
             t0 = time.perf_counter()
-            info = export_onnx(model, tok, path, int4=block if "int4" in name else None, overwrite=True)
+            src = model
+            if name == gptq:  # slimformer's GPTQ codes carried into MatMulNBits; LM head and table rounded by block
+                src = quantize_weights(copy.deepcopy(model), QuantizeWeights(
+                    bits=4, group_size=group, method="gptq", embeddings=False, guard=False), batches)
+            info = export_onnx(src, tok, path, int4=group if name == gptq else block if "int4" in name else None)
             export_info[name] = {"seconds": round(time.perf_counter() - t0, 1), "notes": info["notes"],
                                  **{k: info[k] for k in ("top1_agreement", "relative_error") if k in info}}
+            del src
     sessions = {name: OrtDecoder(path, threads=THREADS) for name, path in files.items()}
     vocab = model.config.vocab_size
     rows = [{"variant": "pytorch fp32", **generation_profile(model, tok, prompt, new_tokens, 1, THREADS, runs=3)}]
@@ -126,7 +135,7 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32) -> dict[str,
         r.update(file_mb=round(files[r["variant"]].stat().st_size / 1e6, 1) if r["variant"] in files else None,
                  weight_mb_per_token=round(b / 1e6, 1), bound_tokens_per_s=round(bound, 1),
                  share_of_bound=round(r["tokens_per_s"] / bound, 3))
-    return {"prompt": prompt, "new_tokens": new_tokens, "block": block, "bandwidth": bw, "export": export_info,
+    return {"prompt": prompt, "new_tokens": new_tokens, "block": block, "group": group, "bandwidth": bw, "export": export_info,
             "rows": rows}
 
 
@@ -220,12 +229,19 @@ def markdown() -> str:
         out += ["", f"Batch 1, prompt {sp['prompt']} tokens, {sp['new_tokens']} new tokens, {r['threads']} threads; "
                 f"memory read bandwidth {sp['bandwidth']['best_gb_s']} GB/s (best of 5; median "
                 f"{sp['bandwidth']['median_gb_s']}).", "",
-                "| variant | prefill ms | decode ms/token | tokens/s | weights read per token (MB) | bandwidth bound "
-                "(tokens/s) | share of the bound | ppl (same tokens) | reliable |", "|---|---|---|---|---|---|---|---|---|"]
+                "| variant | file MB | x smaller | prefill ms | decode ms/token | tokens/s | x PyTorch fp32 | weights "
+                "read per token (MB) | bandwidth bound (tokens/s) | share of the bound | ppl (same tokens) | reliable |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        ref = sp["rows"][0]
+        fp32_mb = next((r["file_mb"] for r in sp["rows"] if r["variant"] == "ort fp32"), None)
         for row in sp["rows"]:
-            out.append(f"| {row['variant']} | {row['prefill_ms']:.0f} | {row['decode_ms_per_token']:.1f} | "
-                       f"{row['tokens_per_s']} | {row['weight_mb_per_token']} | {row['bound_tokens_per_s']} | "
-                       f"{100 * row['share_of_bound']:.0f}% | {row.get('perplexity', '')} | {row['reliable']} |")
+            mb = row.get("file_mb")
+            smaller = f"{fp32_mb / mb:.2f}" if mb and fp32_mb else ""
+            out.append(f"| {row['variant']} | {mb or ''} | {smaller} | {row['prefill_ms']:.0f} | "
+                       f"{row['decode_ms_per_token']:.1f} | {row['tokens_per_s']} | "
+                       f"{row['tokens_per_s'] / ref['tokens_per_s']:.2f} | {row['weight_mb_per_token']} | "
+                       f"{row['bound_tokens_per_s']} | {100 * row['share_of_bound']:.0f}% | {row.get('perplexity', '')} "
+                       f"| {row['reliable']} |")
     return "\n".join(out)
 
 

@@ -33,6 +33,11 @@ def test_int4_graph_uses_the_low_bit_kernel_and_is_smaller(exported):
     ops = [n.op_type for n in onnx.load(str(d / "int4.onnx")).graph.node]
     assert ops.count("MatMulNBits") == int4["int4"]["matmulnbits_nodes"] >= 2 * 7  # 7 Linears per layer
     assert bytes_read_per_token(d / "int4.onnx") < 0.4 * bytes_read_per_token(d / "fp32.onnx")
+    assert ops.count("GatherBlockQuantized") == 1  # the embedding table is 4-bit too: no fp32 copy is left
+    table = list(model.model.embed_tokens.weight.shape)
+    assert not any(list(i.dims) in (table, table[::-1]) and i.data_type == onnx.TensorProto.FLOAT
+                   for i in onnx.load(str(d / "int4.onnx")).graph.initializer)
+    assert (d / "int4.onnx").stat().st_size < 0.5 * (d / "fp32.onnx").stat().st_size  # tiny: the graph is a large share
     assert 0 <= int4["top1_agreement"] <= 1 and int4["relative_error"] < 0.5
 
 
@@ -72,3 +77,40 @@ def test_helpers():
     assert greedy_agreement(ref, ref, 2) == 1.0
     bw = read_bandwidth(gib=0.05, repeats=2, threads=1)
     assert bw["best_gb_s"] > 0
+
+
+def _weight_only_4bit(group_size):
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+
+    torch.manual_seed(0)
+    model = tiny("llama")
+    return quantize_weights(model, QuantizeWeights(bits=4, group_size=group_size, embeddings=False, guard=False))
+
+
+@pytest.mark.parametrize("group_size, carried", [(16, 14), (None, 12)])  # None: down_proj's 48 inputs have no block
+def test_own_codes_on_matmulnbits_give_the_quantized_models_logits(tmp_path, group_size, carried):
+    """Exact layout check: with fp32 compute (accuracy level 0) the graph computes what the PyTorch model does."""
+    from slimformer.export_generative import export_decoder
+    from slimformer.quantize.onnx_codes import carried_layers, carry_codes, dequantized_twin
+
+    model = _weight_only_4bit(group_size)
+    path = tmp_path / "codes.onnx"
+    export_decoder(dequantized_twin(model), path)
+    info = carry_codes(path, carried_layers(model), accuracy_level=0)
+    assert info["carried_matmuls"] == carried
+    graph = onnx.load(str(path)).graph
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == carried
+    assert not any(i.name.endswith("q_proj.weight") for i in graph.initializer)  # the float copies are gone
+    ids = torch.randint(1000, 2000, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    got = OrtDecoder(path).prefill_logits(ids.numpy())
+    assert abs(got - ref).max() < 1e-4
+
+
+def test_export_of_a_4bit_model_keeps_its_codes_without_int4(tmp_path, tokenizer):
+    model = _weight_only_4bit(16)
+    info = export_onnx(model, tokenizer, tmp_path / "q.onnx")
+    assert info["int4"]["matmulnbits_nodes"] == 14 and info["top1_agreement"] > 0.9
+    both = export_onnx(model, tokenizer, tmp_path / "q2.onnx", int4=16)  # + the tied LM head rounded by ORT
+    assert both["int4"]["matmulnbits_nodes"] == 15

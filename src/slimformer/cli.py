@@ -258,13 +258,15 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
            embedding: bool = typer.Option(False, "--embedding", help="with --onnx, a sentence encoder: mean "
                                           "pooling and L2 normalisation inside the graph (output "
                                           "sentence_embedding)"),
-           atol: float = typer.Option(1e-4, help="max allowed |ONNX - PyTorch| on a probe batch"),
+           atol: float = typer.Option(1e-4, help="max allowed |ONNX - PyTorch| on a probe batch (language "
+                                      "models: times the largest |logit|)"),
            optimize: bool = typer.Option(False, "--optimize", help="fuse the graph with ONNX Runtime's transformer "
                                          "optimizer (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), "
                                          "checked against PyTorch"),
-           int4: Optional[int] = typer.Option(None, "--int4", min=16, help="decoder-only LMs: MatMul weights as "
-                                              "4-bit MatMulNBits with this block size (e.g. 32), ONNX Runtime's "
-                                              "low-bit CPU kernel"),
+           int4: Optional[int] = typer.Option(None, "--int4", min=16, help="decoder-only LMs: float MatMul weights "
+                                              "and the embedding table as 4-bit (ONNX Runtime MatMulNBits / "
+                                              "GatherBlockQuantized) with this block size, e.g. 32. A model from "
+                                              "quantize_weights bits 4 keeps its own codes with or without it"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file (an earlier "
                                           "export to the same path is replaced without it)")) -> None:
     """Export any slimformer model to one ONNX file (dynamic batch and length) checked in ONNX Runtime;

@@ -173,7 +173,8 @@ def check_generation(model: nn.Module, path: str | os.PathLike, vocab: int, new_
     with torch.no_grad():
         logits = model(input_ids=prompts).logits.numpy()
     diff = float(np.abs(dec.prefill_logits(prompts.numpy()) - logits).max())
-    return {"generated_tokens_equal": True, "new_tokens": int(ref.shape[1] - prompts.shape[1]), "max_abs_diff": diff}
+    return {"generated_tokens_equal": True, "new_tokens": int(ref.shape[1] - prompts.shape[1]), "max_abs_diff": diff,
+            "logit_scale": float(np.abs(logits).max())}
 
 
 # --- encoder-decoder: encoder, first decoder step, decoder step with the cache ------------------------------

@@ -73,7 +73,7 @@ def _fold_weight_transposes(model: Any) -> int:
 
 
 def bytes_read_per_token(path: str | os.PathLike) -> int:
-    """Weight bytes a decode step reads: every initializer, except tables only used by Gather (one row each)."""
+    """Weight bytes a decode step reads: every initializer, except tables only gathered from (one row each)."""
     import onnx
     from onnx import numpy_helper
 
@@ -84,7 +84,7 @@ def bytes_read_per_token(path: str | os.PathLike) -> int:
             used_by.setdefault(i, set()).add(n.op_type)
     total = 0
     for init in model.graph.initializer:
-        if used_by.get(init.name, set()) == {"Gather"}:
+        if used_by.get(init.name) and used_by[init.name] <= {"Gather", "GatherBlockQuantized"}:
             continue
         total += numpy_helper.to_array(init).nbytes
     return total
@@ -118,3 +118,59 @@ def greedy_agreement(reference: np.ndarray, got: np.ndarray, prompt_len: int) ->
     same = (a[:, :n] == b[:, :n]).all(0)
     first = int(np.argmin(same)) if not same.all() else n
     return first / max(n, 1)
+
+
+def quantize_gathers_4bit(path: str | os.PathLike, block_size: int = 32) -> dict[str, Any]:
+    """Rewrite `path` in place: every Gather from a 2-D fp32 table (the word embeddings; with a tied LM head the
+    table the head's 4-bit copy came from) becomes ONNX Runtime's GatherBlockQuantized over 4-bit codes
+    (asymmetric, one fp32 scale and a 4-bit zero point per block of `block_size` columns), so the file no
+    longer holds the fp32 table. Tables whose width `block_size` does not divide stay fp32."""
+    import onnx
+    import torch
+    from onnx import helper, numpy_helper
+
+    from .modules import pack4, quantize_groups
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    done: dict[str, list[str]] = {}
+    nodes, dropped = [], set()
+    for node in model.graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        ok = (table is not None and len(table.dims) == 2 and table.data_type == onnx.TensorProto.FLOAT
+              and axis == 0 and table.dims[1] % block_size == 0)
+        if not ok:
+            nodes.append(node)
+            continue
+        if table.name not in done:
+            w = torch.from_numpy(numpy_helper.to_array(table).copy())
+            codes, scale, zero = quantize_groups(w, 4, block_size)
+            z = zero.to(torch.uint8)
+            z = torch.nn.functional.pad(z, (0, z.shape[1] % 2))
+            names = [f"{table.name}_q4", f"{table.name}_q4_scales", f"{table.name}_q4_zero_points"]
+            model.graph.initializer.extend([
+                numpy_helper.from_array(pack4(codes).numpy(), names[0]),
+                numpy_helper.from_array(scale.float().numpy(), names[1]),
+                numpy_helper.from_array((z[:, 0::2] | (z[:, 1::2] << 4)).numpy(), names[2])])
+            done[table.name] = names
+        a, s, zp = done[table.name]
+        nodes.append(helper.make_node("GatherBlockQuantized", [a, node.input[1], s, zp], list(node.output),
+                                      name=f"{node.name or table.name}_Q4", domain="com.microsoft", gather_axis=0,
+                                      quantize_axis=1, block_size=block_size, bits=4))
+        users[table.name] -= 1
+        if users[table.name] == 0:
+            dropped.add(table.name)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    kept = [i for i in model.graph.initializer if i.name not in dropped]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(path))
+    return {"gather_tables": len(done), "fp32_tables_dropped": len(dropped)}
