@@ -195,7 +195,42 @@ def quant(group: int = 64) -> dict[str, Any]:
             "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches)}
 
 
-PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant}
+def llmc_inputs() -> dict[str, Any]:
+    """For benchmarks/peers/llmcompressor_gptq.py: the fp32 model as a transformers folder and the calibration
+    blocks `quant` uses, as token ids."""
+    import numpy as np
+
+    model, tok, _, batches = _setup()
+    root = common.CACHE / "llmc"
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    ids = torch.cat([b["input_ids"] for b in batches]).numpy()
+    np.save(root / "calib_ids.npy", ids)
+    return {"dir": str(root), "calib_blocks": int(ids.shape[0]), "calib_len": int(ids.shape[1])}
+
+
+def llmc() -> dict[str, Any]:
+    """Perplexity of llm-compressor's GPTQ weights (written by the peer script) with the code and tokens of
+    `quant`: its rows compare with slimformer's GPTQ rows there."""
+    from safetensors.torch import load_file
+
+    base, tok, task, _ = _setup()
+    rows = []
+    for f in sorted((common.CACHE / "llmc").glob("*.safetensors")):
+        model = copy.deepcopy(base)
+        state = load_file(str(f))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected and all("embed" in k or "lm_head" in k or "norm" in k for k in missing), (missing, unexpected)
+        t0 = time.perf_counter()
+        ppl = task.evaluate(model, tok, "test")["perplexity"]
+        info = json.loads(f.with_suffix(".json").read_text())
+        rows.append({"variant": f.stem, "perplexity": round(ppl, 3), "eval_s": round(time.perf_counter() - t0, 1), **info})
+        print(json.dumps(rows[-1]))
+        del model
+    return {"rows": rows}
+
+
+PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant, "llmc_inputs": llmc_inputs, "llmc": llmc}
 
 
 def main(parts: list[str]) -> None:
@@ -224,6 +259,13 @@ def markdown() -> str:
                 "|---|---|---|---|"]
         for row in r["quant"]["rows"]:
             out.append(f"| {row['variant']} | {row['perplexity']} | {row['tensor_mb']} | {row['quantize_s']} |")
+    if "llmc" in r:
+        out += ["", "llm-compressor's GPTQ (same calibration blocks, same perplexity code; compare with the gptq rows "
+                "above):", "", "| variant | WikiText-2 test ppl | llm-compressor | quantize s | distinct values per group |",
+                "|---|---|---|---|---|"]
+        for row in r["llmc"]["rows"]:
+            out.append(f"| {row['variant']} | {row['perplexity']} | {row['llmcompressor']} | {row['seconds']} | "
+                       f"{row['max_distinct_values_per_group']} |")
     if "speed" in r:
         sp = r["speed"]
         out += ["", f"Batch 1, prompt {sp['prompt']} tokens, {sp['new_tokens']} new tokens, {r['threads']} threads; "

@@ -51,7 +51,7 @@ def main() -> None:
                 "attention_mask": enc["attention_mask"][s:s + args.batch_size],
                 "token_type_ids": enc["token_type_ids"][s:s + args.batch_size],
                 "labels": labels[s:s + args.batch_size]} for s in range(0, len(labels), args.batch_size)]
-    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    n_layers = model.config.num_hidden_layers
     cfg = TransformerPruningConfig(target_ffn_size=args.ffn, target_num_of_heads=args.heads,
                                    pruning_method="iterative", n_iters=args.iters,
                                    head_even_masking=args.even, ffn_even_masking=args.even)
