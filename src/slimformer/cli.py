@@ -255,6 +255,10 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
            sentence_transformers: Optional[Path] = typer.Option(
                None, "--sentence-transformers", help="a sentence encoder: output folder that "
                "sentence_transformers.SentenceTransformer(DIR) loads (mean pooling, normalisation)"),
+           compressed_tensors: Optional[Path] = typer.Option(
+               None, "--compressed-tensors", help="a language model from quantize_weights: output folder in the "
+               "compressed-tensors pack-quantized format that transformers' from_pretrained loads (with the "
+               "compressed-tensors package) and vLLM serves"),
            embedding: bool = typer.Option(False, "--embedding", help="with --onnx, a sentence encoder: mean "
                                           "pooling and L2 normalisation inside the graph (output "
                                           "sentence_embedding)"),
@@ -271,17 +275,20 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
                                           "export to the same path is replaced without it)")) -> None:
     """Export any slimformer model to one ONNX file (dynamic batch and length) checked in ONNX Runtime;
     a model quantized through ONNX Runtime is written as its stored INT8 graph. A sentence encoder can also
-    be written as a sentence-transformers folder."""
+    be written as a sentence-transformers folder, a language model from quantize_weights as a
+    compressed-tensors folder (both checked by loading them with their library)."""
     from .deploy import check_export_paths, export_onnx
 
-    if (onnx is None) == (sentence_transformers is None):
-        raise typer.BadParameter("give exactly one of --onnx and --sentence-transformers")
+    folders = {"--sentence-transformers": sentence_transformers, "--compressed-tensors": compressed_tensors}
+    if sum(x is not None for x in (onnx, *folders.values())) != 1:
+        raise typer.BadParameter("give exactly one of --onnx, --sentence-transformers and --compressed-tensors")
     if (embedding or int4) and onnx is None:
         raise typer.BadParameter("--embedding and --int4 go with --onnx")
     if onnx is not None:
         check_export_paths(onnx, [model], overwrite)
-    else:
-        check_output(sentence_transformers, [model], overwrite, flag="--sentence-transformers")
+    for flag, folder in folders.items():
+        if folder is not None:
+            check_output(folder, [model], overwrite, flag=flag)
     _setup()
     from . import models
     from .progress import console
@@ -295,6 +302,15 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
             console.print(f"[yellow]{note}[/yellow]")
         console.print(f"[green]wrote {sentence_transformers}[/green] ({res['bytes'] / 1e6:.1f} MB of weights), "
                       f"min cosine to the model's embeddings {res['min_cosine']:.6f}")
+        return
+    if compressed_tensors is not None:
+        from .export_compressed import write_compressed_tensors
+
+        res = write_compressed_tensors(m, tok, compressed_tensors)
+        for note in res["notes"]:
+            console.print(f"[yellow]{note}[/yellow]")
+        console.print(f"[green]wrote {compressed_tensors}[/green] ({res['bytes'] / 1e6:.1f} MB of weights); "
+                      f"transformers loads it: max |logits - slimformer's| = {res['max_abs_diff']:.2e}")
         return
     info = export_onnx(m, tok, onnx, atol=atol, optimize=optimize, embedding=embedding, int4=int4)
     for note in info["notes"]:
