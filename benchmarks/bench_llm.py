@@ -195,6 +195,34 @@ def quant(group: int = 64) -> dict[str, Any]:
             "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches)}
 
 
+def checkpoint(group: int = 64) -> dict[str, Any]:
+    """slimformer's GPTQ 4-bit model written as a compressed-tensors folder, loaded back by transformers alone
+    (AutoModelForCausalLM) and scored with the same perplexity code: the deployable checkpoint keeps the
+    quality of the `quant` row."""
+    from transformers import AutoModelForCausalLM
+
+    from slimformer.export_compressed import write_compressed_tensors
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+
+    base, tok, task, batches = _setup()
+    model = quantize_weights(copy.deepcopy(base), QuantizeWeights(bits=4, group_size=group, method="gptq",
+                                                                  embeddings=False, guard=False), batches)
+    out = common.CACHE / "checkpoints" / f"smollm2-gptq4-g{group}"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    info = write_compressed_tensors(model, tok, out)
+    del model
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    ppl = task.evaluate(loaded, tok, "test")["perplexity"]
+    row = {"variant": f"gptq 4-bit g{group} as compressed-tensors, loaded by transformers", "perplexity": round(ppl, 3),
+           "folder_mb": round(info["bytes"] / 1e6, 1), "max_abs_diff_on_write": info["max_abs_diff"],
+           "notes": info["notes"]}
+    print(json.dumps(row))
+    return row
+
+
 def llmc_inputs() -> dict[str, Any]:
     """For benchmarks/peers/llmcompressor_gptq.py: the fp32 model as a transformers folder and the calibration
     blocks `quant` uses, as token ids."""
@@ -230,7 +258,8 @@ def llmc() -> dict[str, Any]:
     return {"rows": rows}
 
 
-PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant, "llmc_inputs": llmc_inputs, "llmc": llmc}
+PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant, "checkpoint": checkpoint,
+         "llmc_inputs": llmc_inputs, "llmc": llmc}
 
 
 def main(parts: list[str]) -> None:
@@ -259,6 +288,10 @@ def markdown() -> str:
                 "|---|---|---|---|"]
         for row in r["quant"]["rows"]:
             out.append(f"| {row['variant']} | {row['perplexity']} | {row['tensor_mb']} | {row['quantize_s']} |")
+    if "checkpoint" in r:
+        c = r["checkpoint"]
+        out += ["", f"Deployable checkpoint: {c['variant']}: perplexity {c['perplexity']}, {c['folder_mb']} MB on disk "
+                f"(max |logits - slimformer's| when written: {c['max_abs_diff_on_write']})."]
     if "llmc" in r:
         out += ["", "llm-compressor's GPTQ (same calibration blocks, same perplexity code; compare with the gptq rows "
                 "above):", "", "| variant | WikiText-2 test ppl | llm-compressor | quantize s | distinct values per group |",
