@@ -37,14 +37,15 @@ def run(root: Path, name: str, group: int, symmetric: bool) -> None:
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import GPTQModifier
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ids = np.load(root / "calib_ids.npy")
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()})
     model = AutoModelForCausalLM.from_pretrained(root / "model", torch_dtype=torch.float32)
     recipe = GPTQModifier(config_groups=scheme(group, symmetric), ignore=["lm_head"], dampening_frac=0.01)
     t0 = time.perf_counter()
-    oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length=ids.shape[1], num_calibration_samples=len(ids))
+    oneshot(model=model, processor=AutoTokenizer.from_pretrained(root / "model"), dataset=ds, recipe=recipe,
+            max_seq_length=ids.shape[1], num_calibration_samples=len(ids))
     seconds = time.perf_counter() - t0
     from safetensors.torch import save_file
 
