@@ -13,7 +13,7 @@ from slimformer.fsutil import weights_size
 from slimformer.quantize import QuantizeDynamic, QuantizeWeights, quantize_dynamic, quantize_weights
 from slimformer.quantize.awq import awq_scale
 from slimformer.quantize.gptq import gptq_quantize
-from slimformer.quantize.modules import QLinear, dequantize_groups, pack3, quantize_groups, unpack3
+from slimformer.quantize.modules import QLinear, dequantize_groups, group_params, pack3, quantize_groups, unpack3
 from slimformer.quantize.smoothing import scale_groups, smooth
 from slimformer.steps import parse_step
 
@@ -101,6 +101,36 @@ def test_act_order_is_not_worse_with_outlier_channels(bits):
     ordered = _err(x, w, dequantize_groups(*gptq_quantize(w, h, bits, 16, act_order=True), 16))
     rtn = _err(x, w, dequantize_groups(*quantize_groups(w, bits, 16), 16))
     assert ordered < plain and ordered < rtn
+
+
+def test_mse_grid_clips_outliers_for_a_smaller_error():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 64, generator=g) * torch.where(torch.rand(32, 64, generator=g) < 0.02, 8.0, 1.0)  # heavy tail
+    minmax = dequantize_groups(*quantize_groups(w, 4, 32), 32)
+    scale, zero = group_params(w, 4, 32, mse=True)
+    searched = dequantize_groups(*quantize_groups(w, 4, 32, scale, zero), 32)
+    per_group = [(x - w).abs().pow(2.4).reshape(32, 2, 32).sum(-1) for x in (searched, minmax)]
+    assert (per_group[0] <= per_group[1] + 1e-6).all() and per_group[0].sum() < 0.99 * per_group[1].sum()
+    assert (scale <= group_params(w, 4, 32)[0] + 1e-6).all()  # only ever clips
+    x, w2 = _layer(False)
+    h = 2 * x.T @ x / x.shape[0]
+    assert _err(x, w2, dequantize_groups(*gptq_quantize(w2, h, 3, 16, mse=True), 16)) < _err(
+        x, w2, dequantize_groups(*quantize_groups(w2, 3, 16), 16))
+
+
+def test_mse_grid_is_a_step_option_and_reloads(tokenizer, tmp_path):
+    model = tiny_llama()
+    ref = copy.deepcopy(model)
+    quantize_weights(model, QuantizeWeights(bits=4, group_size=16, grid="mse", embeddings=False, guard=False))
+    plain = quantize_weights(copy.deepcopy(ref), QuantizeWeights(bits=4, group_size=16, embeddings=False, guard=False))
+    q, p = model.model.layers[0].mlp.up_proj, plain.model.layers[0].mlp.up_proj
+    w = ref.model.layers[0].mlp.up_proj.weight
+    assert not torch.equal(q.scale, p.scale)
+    assert (q.dequantized_weight() - w).abs().pow(2.4).sum() < (p.dequantized_weight() - w).abs().pow(2.4).sum()
+    sf.save(model, tokenizer, tmp_path / "m")
+    back, _ = sf.load(tmp_path / "m")
+    bs = batches()
+    assert torch.equal(logits(back, bs), logits(model, bs))
 
 
 def test_gptq_3bit_act_order_model_reloads_identically_and_is_smaller(tokenizer, tmp_path):

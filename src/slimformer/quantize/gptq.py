@@ -42,24 +42,26 @@ def prepare_obs(w: torch.Tensor, h: torch.Tensor, damp: float) -> tuple[torch.Te
 
 @torch.no_grad()
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, damp: float = 0.01,
-                  block: int = 128, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  block: int = 128, act_order: bool = False, mse: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ codes for w [out, in] given input Hessian h [in, in]: (uint8 codes, scale, zero) per group.
 
     act_order: columns are quantized in order of decreasing Hessian diagonal (the inputs with the most energy
     first, while the most columns are left to absorb their error), as in the GPTQ reference code. Groups stay
     the contiguous input ranges of the storage format ("static groups" of the reference code, no g_idx): every
-    group's grid is fixed from the original weights before the sweep, so any column order can use it."""
+    group's grid is fixed from the original weights before the sweep, so any column order can use it.
+    mse: each grid by the clipping search of modules.group_params instead of min-max."""
     if not act_order:
-        return _sweep(w, h, bits, group_size, damp, block, None)
+        return _sweep(w, h, bits, group_size, damp, block, None, mse)
     perm = torch.argsort(torch.diag(h), descending=True, stable=True)
-    q, scale, zero = _sweep(w[:, perm], h[perm][:, perm], bits, group_size, damp, block, perm)
+    q, scale, zero = _sweep(w[:, perm], h[perm][:, perm], bits, group_size, damp, block, perm, mse)
     out = torch.empty_like(q)
     out[:, perm] = q
     return out, scale, zero
 
 
 def _sweep(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, damp: float, block: int,
-           perm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           perm: torch.Tensor | None, mse: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The GPTQ column sweep over w (columns already in `perm` order when given: static groups by the
     original column index perm[c]; otherwise each group's grid comes from its error-updated weights)."""
     w, hinv = prepare_obs(w, h, damp)
@@ -69,7 +71,7 @@ def _sweep(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, 
     if perm is not None:  # static groups: grids from the original (dead-zeroed) weights in storage order
         orig = torch.empty_like(w)
         orig[:, perm] = w
-        scale, zero = group_params(orig, bits, gs if gs < cols else None)
+        scale, zero = group_params(orig, bits, gs if gs < cols else None, mse)
         group_of = perm // gs
         block = min(block, cols)
     else:
@@ -88,7 +90,7 @@ def _sweep(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, 
             c = i1 + i
             g = int(group_of[c])
             if perm is None and c % gs == 0:  # group grid from the current (error-updated) weights of this group
-                s, z = group_params(w1 if gs < cols else w, bits, None)
+                s, z = group_params(w1 if gs < cols else w, bits, None, mse)
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             col = w1[:, i]
             codes = torch.clamp(torch.round(col / scale[:, g]) + zero[:, g], 0, levels)

@@ -48,15 +48,36 @@ def fit_group(cols: int, group_size: int | None) -> int | None:
     return group_size if cols % group_size == 0 else None
 
 
-def group_params(w: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric min-max (scale, zero) per group: shapes [rows, groups]."""
+def _grid(lo: torch.Tensor, hi: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # stored as fp16: round up (fp16 rounding error < 2**-11) so that the grid still covers [lo, hi]
+    scale = ((hi - lo) / levels * (1 + 2 ** -10)).clamp(min=1e-6).half().float()
+    return scale, torch.clamp(torch.round(-lo / scale), 0, levels)
+
+
+def group_params(w: torch.Tensor, bits: int, group_size: int | None, mse: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric (scale, zero) per group, shapes [rows, groups]: the min-max grid, or with `mse` the grid
+    over [p * min, p * max] (p from 1 down to 0.21) that minimises sum |w - dequant(quant(w))|^2.4, the
+    clipping search of the GPTQ reference code (its `mse` option): clipping a few outliers buys resolution
+    for the rest of the group."""
     wg = group_view(w.detach().float(), group_size)
     lo = wg.amin(-1).clamp(max=0)
     hi = wg.amax(-1).clamp(min=0)
     levels = 2 ** bits - 1
-    # stored as fp16: round up (fp16 rounding error < 2**-11) so that the grid still covers [lo, hi]
-    scale = ((hi - lo) / levels * (1 + 2 ** -10)).clamp(min=1e-6).half().float()
-    zero = torch.clamp(torch.round(-lo / scale), 0, levels)
+    scale, zero = _grid(lo, hi, levels)
+    if not mse:
+        return scale, zero
+
+    def err(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        q = torch.clamp(torch.round(wg / s[..., None]) + z[..., None], 0, levels)
+        return ((q - z[..., None]) * s[..., None] - wg).abs().pow(2.4).sum(-1)
+
+    best = err(scale, zero)
+    for i in range(1, 80):
+        s, z = _grid(lo * (1 - i / 100), hi * (1 - i / 100), levels)
+        e = err(s, z)
+        better = e < best
+        scale, zero, best = torch.where(better, s, scale), torch.where(better, z, zero), torch.where(better, e, best)
     return scale, zero
 
 

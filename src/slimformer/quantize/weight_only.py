@@ -4,7 +4,7 @@ Weights are stored as uint8 codes (two 4-bit codes per byte, eight 3-bit codes p
 scales and uint8 zeros per group, so the file really shrinks; at run time each layer dequantizes once to fp32
 (on CPU this buys size on disk and download, not latency; combine with quantize_dynamic for INT8 speed).
 
-- `rtn`: round to nearest on an asymmetric min-max grid per group.
+- `rtn`: round to nearest on an asymmetric grid per group (min-max, or `grid: mse`, the clipping search).
 - `gptq` (gptq.py): column by column with the inverse input Hessian; `act_order: true` visits columns by
   decreasing Hessian diagonal with static groups (grids fixed from the original weights, storage unchanged).
 - `awq` (awq.py): activation-aware per-channel scales searched per layer and folded into the op before
@@ -25,7 +25,7 @@ from .awq import awq_scale
 from .common import QuantStep, run_guard, summary
 from .gptq import gptq_quantize, input_hessians
 from .guard import calibration_batches
-from .modules import QLinear, fit_group
+from .modules import QLinear, fit_group, group_params
 from .ops import quantize_embeddings, quantize_linears
 from .smoothing import norm_groups
 
@@ -41,6 +41,9 @@ class QuantizeWeights(QuantStep):
     act_order: bool = Field(False, description="gptq: quantize columns by decreasing Hessian diagonal (static "
                             "groups: each group's grid fixed from the original weights)")
     awq_grid: int = Field(20, ge=1, le=100, description="awq: alpha tried at i/awq_grid, i = 0..awq_grid")
+    grid: Literal["minmax", "mse"] = Field("minmax", description="each group's grid (Linears): min-max, or mse: "
+                                           "the clipping that minimises the group's rounding error (GPTQ's "
+                                           "reference `mse` search; slower to quantize, same storage)")
     embeddings: bool = Field(True, description="quantize the word embeddings too")
     embedding_bits: Literal[3, 4, 8] | None = Field(None, description="bits of the embeddings (default: bits)")
     calib_examples: int = Field(128, ge=1, description="train examples for the GPTQ Hessians / AWQ statistics")
@@ -82,8 +85,13 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
         for n in track(names, desc="gptq", total=len(names)):
             q: QLinear = qmods[n]
             codes, scale, zero = gptq_quantize(floats[n], hessians[n], cfg.bits, q.group_size, cfg.damp,
-                                               act_order=cfg.act_order)
+                                               act_order=cfg.act_order, mse=cfg.grid == "mse")
             q.set_codes(codes, scale, zero)
+    elif cfg.grid == "mse":  # round to nearest on the searched grid
+        qmods = dict(model.named_modules())
+        for n in names:
+            q = qmods[n]
+            q.set_weight(floats[n], *group_params(floats[n], cfg.bits, q.group_size, mse=True))
     if cfg.embeddings:
         quantize_embeddings(model, bits=cfg.embedding_bits or cfg.bits, group_size=cfg.group_size)
     return model
