@@ -195,6 +195,29 @@ def quant(group: int = 64) -> dict[str, Any]:
             "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches)}
 
 
+def quant_mse(group: int = 64) -> dict[str, Any]:
+    """The weight-only rows again with `grid: mse` (the clipping search per group), and GPTQ at group 32 (the
+    block of the GGUF file the base model was read from), same setup as `quant`."""
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+
+    base, tok, task, batches = _setup()
+    rows = []
+    for method, g in (("rtn", group), ("gptq", group), ("awq", group), ("gptq", 32)):
+        model = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        model = quantize_weights(model, QuantizeWeights(bits=4, group_size=g, method=method, grid="mse",
+                                                        guard=False), batches)
+        secs = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ppl = task.evaluate(model, tok, "test")["perplexity"]
+        rows.append({"variant": f"{method} 4-bit g{g}, mse grid", "perplexity": round(ppl, 3),
+                     "tensor_mb": _tensor_mb(model), "quantize_s": round(secs, 1),
+                     "eval_s": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(rows[-1]))
+        del model
+    return {"rows": rows}
+
+
 def checkpoint(group: int = 64) -> dict[str, Any]:
     """slimformer's GPTQ 4-bit model written as a compressed-tensors folder, loaded back by transformers alone
     (AutoModelForCausalLM) and scored with the same perplexity code: the deployable checkpoint keeps the
@@ -258,7 +281,7 @@ def llmc() -> dict[str, Any]:
     return {"rows": rows}
 
 
-PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant, "checkpoint": checkpoint,
+PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant, "quant_mse": quant_mse, "checkpoint": checkpoint,
          "llmc_inputs": llmc_inputs, "llmc": llmc}
 
 
@@ -286,7 +309,7 @@ def markdown() -> str:
         out += ["", f"Post-training quantization of the layers' Linears (group {r['quant']['group']}; the tied "
                 "embedding / LM head stays fp32):", "", "| variant | WikiText-2 test ppl | tensors MB | quantize s |",
                 "|---|---|---|---|"]
-        for row in r["quant"]["rows"]:
+        for row in r["quant"]["rows"] + r.get("quant_mse", {}).get("rows", []):
             out.append(f"| {row['variant']} | {row['perplexity']} | {row['tensor_mb']} | {row['quantize_s']} |")
     if "checkpoint" in r:
         c = r["checkpoint"]
