@@ -261,8 +261,8 @@ def llmc_inputs() -> dict[str, Any]:
 
 
 def llmc() -> dict[str, Any]:
-    """Perplexity of llm-compressor's GPTQ weights (written by the peer script) with the code and tokens of
-    `quant`: its rows compare with slimformer's GPTQ rows there."""
+    """Perplexity of llm-compressor's GPTQ / SparseGPT / Wanda weights (written by the peer script) with the code
+    and tokens of `quant` and `prune`: its rows compare with slimformer's rows there."""
     from safetensors.torch import load_file
 
     base, tok, task, _ = _setup()
@@ -316,12 +316,11 @@ def markdown() -> str:
         out += ["", f"Deployable checkpoint: {c['variant']}: perplexity {c['perplexity']}, {c['folder_mb']} MB on disk "
                 f"(max |logits - slimformer's| when written: {c['max_abs_diff_on_write']})."]
     if "llmc" in r:
-        out += ["", "llm-compressor's GPTQ (same calibration blocks, same perplexity code; compare with the gptq rows "
-                "above):", "", "| variant | WikiText-2 test ppl | llm-compressor | quantize s | distinct values per group |",
-                "|---|---|---|---|---|"]
+        out += ["", "llm-compressor (same calibration blocks, same perplexity code; compare with the rows above):", "",
+                "| variant | WikiText-2 test ppl | llm-compressor | seconds | check |", "|---|---|---|---|---|"]
         for row in r["llmc"]["rows"]:
             out.append(f"| {row['variant']} | {row['perplexity']} | {row['llmcompressor']} | {row['seconds']} | "
-                       f"{row['max_distinct_values_per_group']} |")
+                       f"{row['check']} |")
     if "speed" in r:
         sp = r["speed"]
         out += ["", f"Batch 1, prompt {sp['prompt']} tokens, {sp['new_tokens']} new tokens, {r['threads']} threads; "

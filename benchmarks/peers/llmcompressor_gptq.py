@@ -11,9 +11,10 @@ DIR (from `llmc_inputs`): `model/` (the fp32 SmolLM2 that slimformer reads from 
 save_pretrained) and `calib_ids.npy` (the very blocks slimformer's GPTQ calibrates on). For each scheme this
 writes `<scheme>.safetensors`, the model's weights after llm-compressor's one-shot pass as it holds them in
 memory (quantize-dequantized values, which is what its compressed checkpoint decompresses to), and
-`<scheme>.json` (seconds, versions, distinct values per group as a check that the weights really are 4-bit).
-Schemes: GPTQ W4A16 with group 64 (slimformer's group) asymmetric and symmetric, the LM head left alone as in
-slimformer's rows.
+`<scheme>.json` (seconds, versions, and a check: distinct values per group for GPTQ, the share of zeros for
+pruning). Schemes: GPTQ W4A16 with group 64 (slimformer's group) asymmetric and symmetric, SparseGPT and Wanda
+at 50% unstructured, the LM head left alone as in slimformer's rows. Not compared: its W8A8 schemes, whose
+activation quantization is simulated at run time and would be lost in these weights.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,16 +35,30 @@ def scheme(group: int, symmetric: bool) -> dict:
     return {"group_0": QuantizationScheme(targets=["Linear"], weights=w)}
 
 
-def run(root: Path, name: str, group: int, symmetric: bool) -> None:
+def modifier(kind: str) -> tuple[Any, dict]:
+    """llm-compressor's modifier for a scheme, and what to record about it."""
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    if kind.startswith("gptq"):
+        sym = kind.endswith("-sym")
+        return (GPTQModifier(config_groups=scheme(64, sym), ignore=["lm_head"], dampening_frac=0.01),
+                {"group": 64, "symmetric": sym})
+    cls = SparseGPTModifier if kind == "sparsegpt" else WandaPruningModifier
+    return cls(sparsity=0.5, mask_structure="0:0", targets=["Linear"], ignore=["re:.*lm_head"]), {"sparsity": 0.5}
+
+
+def run(root: Path, kind: str) -> None:
     from datasets import Dataset
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.quantization import GPTQModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    name = f"llmc-{kind}"
     ids = np.load(root / "calib_ids.npy")
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()})
     model = AutoModelForCausalLM.from_pretrained(root / "model", torch_dtype=torch.float32)
-    recipe = GPTQModifier(config_groups=scheme(group, symmetric), ignore=["lm_head"], dampening_frac=0.01)
+    recipe, info = modifier(kind)
     t0 = time.perf_counter()
     oneshot(model=model, processor=AutoTokenizer.from_pretrained(root / "model"), dataset=ds, recipe=recipe,
             max_seq_length=ids.shape[1], num_calibration_samples=len(ids))
@@ -52,24 +68,27 @@ def run(root: Path, name: str, group: int, symmetric: bool) -> None:
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
              if k.endswith(".weight") and "weight_" not in k and v.is_floating_point()}
     state.pop("lm_head.weight", None)  # tied to the embeddings, unchanged
-    w = state["model.layers.0.self_attn.q_proj.weight"]
-    distinct = max(len(torch.unique(g)) for g in w.reshape(w.shape[0], -1, group)[:64].reshape(-1, group))
+    layers = [v for k, v in state.items() if ".layers." in k and "proj" in k]
+    if "group" in info:  # a check that the weights really are 4-bit: distinct values per group of 64
+        w = state["model.layers.0.self_attn.q_proj.weight"]
+        info["check"] = f"{max(len(torch.unique(g)) for g in w.reshape(-1, 64)[:4096])} distinct values per group"
+    else:
+        info["check"] = f"{sum(int((v == 0).sum()) for v in layers) / sum(v.numel() for v in layers):.1%} zeros"
     save_file(state, str(root / f"{name}.safetensors"))
     import llmcompressor
 
     (root / f"{name}.json").write_text(json.dumps({
-        "scheme": name, "group": group, "symmetric": symmetric, "seconds": round(seconds, 1),
-        "llmcompressor": llmcompressor.__version__, "torch": torch.__version__,
-        "calib_blocks": int(ids.shape[0]), "calib_len": int(ids.shape[1]),
-        "max_distinct_values_per_group": int(distinct)}, indent=1))
-    print(f"{name}: {seconds:.0f} s, at most {distinct} distinct values per group")
+        "scheme": name, "seconds": round(seconds, 1), "llmcompressor": llmcompressor.__version__,
+        "torch": torch.__version__, "calib_blocks": int(ids.shape[0]), "calib_len": int(ids.shape[1]), **info},
+        indent=1))
+    print(f"{name}: {seconds:.0f} s, {info['check']}")
 
 
 def main() -> None:
     root = Path(sys.argv[1])
     torch.set_num_threads(2)
-    for name, group, sym in (("llmc-gptq-w4-g64-asym", 64, False), ("llmc-gptq-w4-g64-sym", 64, True)):
-        run(root, name, group, sym)
+    for kind in sys.argv[2:] or ("gptq-w4-g64-asym", "gptq-w4-g64-sym", "sparsegpt", "wanda"):
+        run(root, kind)
 
 
 if __name__ == "__main__":
