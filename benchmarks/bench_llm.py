@@ -202,7 +202,7 @@ def quant_mse(group: int = 64) -> dict[str, Any]:
 
     base, tok, task, batches = _setup()
     rows = []
-    for method, g in (("rtn", group), ("gptq", group), ("awq", group), ("gptq", 32)):
+    for method, g in (("rtn", group), ("gptq", group), ("gptq", 32)):
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
         model = quantize_weights(model, QuantizeWeights(bits=4, group_size=g, method=method, grid="mse",
