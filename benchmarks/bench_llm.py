@@ -97,7 +97,7 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
 
     model, tok, task, batches = _setup()
     out = common.CACHE / "onnx" / "smollm2"
-    gptq = f"ort gptq 4-bit g{group} (own codes)"
+    gptq = f"ort gptq 4-bit g{group} act-order (own codes)"
     files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx", gptq: out / f"gptq4-g{group}.onnx"}
     export_info = {}
     for name, path in files.items():
@@ -106,7 +106,7 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
             src = model
             if name == gptq:  # slimformer's GPTQ codes carried into MatMulNBits; LM head and table rounded by block
                 src = quantize_weights(copy.deepcopy(model), QuantizeWeights(
-                    bits=4, group_size=group, method="gptq", embeddings=False, guard=False), batches)
+                    bits=4, group_size=group, method="gptq", act_order=True, embeddings=False, guard=False), batches)
             info = export_onnx(src, tok, path, int4=group if name == gptq else block if "int4" in name else None)
             export_info[name] = {"seconds": round(time.perf_counter() - t0, 1), "notes": info["notes"],
                                  **{k: info[k] for k in ("top1_agreement", "relative_error") if k in info}}
@@ -196,21 +196,21 @@ def quant(group: int = 64) -> dict[str, Any]:
 
 
 def quant_mse(group: int = 64) -> dict[str, Any]:
-    """The weight-only rows again with `grid: mse` (the clipping search per group), and GPTQ at group 32 (the
-    block of the GGUF file the base model was read from), same setup as `quant`."""
+    """RTN and GPTQ act-order with `grid: mse` (the clipping search per group), GPTQ also at group 32 (the block
+    of the GGUF file the base model was read from), same setup as `quant`."""
     from slimformer.quantize import QuantizeWeights, quantize_weights
 
     base, tok, task, batches = _setup()
     rows = []
-    for method, g in (("rtn", group), ("gptq", group), ("gptq", 32)):
+    for method, g, order in (("rtn", group, False), ("gptq", group, True), ("gptq", 32, True)):
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
         model = quantize_weights(model, QuantizeWeights(bits=4, group_size=g, method=method, grid="mse",
-                                                        guard=False), batches)
+                                                        act_order=order, guard=False), batches)
         secs = time.perf_counter() - t0
         t0 = time.perf_counter()
         ppl = task.evaluate(model, tok, "test")["perplexity"]
-        rows.append({"variant": f"{method} 4-bit g{g}, mse grid", "perplexity": round(ppl, 3),
+        rows.append({"variant": f"{method} 4-bit g{g}{' act-order' if order else ''}, mse grid", "perplexity": round(ppl, 3),
                      "tensor_mb": _tensor_mb(model), "quantize_s": round(secs, 1),
                      "eval_s": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]))
@@ -229,7 +229,8 @@ def checkpoint(group: int = 64) -> dict[str, Any]:
 
     base, tok, task, batches = _setup()
     model = quantize_weights(copy.deepcopy(base), QuantizeWeights(bits=4, group_size=group, method="gptq",
-                                                                  embeddings=False, guard=False), batches)
+                                                                  act_order=True, embeddings=False, guard=False),
+                             batches)
     out = common.CACHE / "checkpoints" / f"smollm2-gptq4-g{group}"
     if out.exists():
         import shutil
@@ -239,7 +240,8 @@ def checkpoint(group: int = 64) -> dict[str, Any]:
     del model
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
     ppl = task.evaluate(loaded, tok, "test")["perplexity"]
-    row = {"variant": f"gptq 4-bit g{group} as compressed-tensors, loaded by transformers", "perplexity": round(ppl, 3),
+    row = {"variant": f"gptq 4-bit g{group} act-order as compressed-tensors, loaded by transformers",
+           "perplexity": round(ppl, 3),
            "folder_mb": round(info["bytes"] / 1e6, 1), "max_abs_diff_on_write": info["max_abs_diff"],
            "notes": info["notes"]}
     print(json.dumps(row))
