@@ -98,7 +98,7 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
     model, tok, task, batches = _setup()
     out = common.CACHE / "onnx" / "smollm2"
     gptq = f"ort gptq 4-bit g{group} act-order (own codes)"
-    files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx", gptq: out / f"gptq4-g{group}.onnx"}
+    files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx", gptq: out / f"gptq4-g{group}-act-order.onnx"}
     export_info = {}
     for name, path in files.items():
         if not path.exists():
