@@ -298,26 +298,22 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
         from .export_embeddings import write_sentence_transformers
 
         res = write_sentence_transformers(m, tok, sentence_transformers)
-        for note in res["notes"]:
-            console.print(f"[yellow]{note}[/yellow]")
-        console.print(f"[green]wrote {sentence_transformers}[/green] ({res['bytes'] / 1e6:.1f} MB of weights), "
-                      f"min cosine to the model's embeddings {res['min_cosine']:.6f}")
-        return
-    if compressed_tensors is not None:
+        done = (f"wrote {sentence_transformers}", f"{res['bytes'] / 1e6:.1f} MB of weights), min cosine to the "
+                f"model's embeddings {res['min_cosine']:.6f}")
+    elif compressed_tensors is not None:
         from .export_compressed import write_compressed_tensors
 
         res = write_compressed_tensors(m, tok, compressed_tensors)
-        for note in res["notes"]:
-            console.print(f"[yellow]{note}[/yellow]")
-        console.print(f"[green]wrote {compressed_tensors}[/green] ({res['bytes'] / 1e6:.1f} MB of weights); "
-                      f"transformers loads it: max |logits - slimformer's| = {res['max_abs_diff']:.2e}")
-        return
-    info = export_onnx(m, tok, onnx, atol=atol, optimize=optimize, embedding=embedding, int4=int4)
-    for note in info["notes"]:
+        done = (f"wrote {compressed_tensors}", f"{res['bytes'] / 1e6:.1f} MB of weights); transformers loads "
+                f"it: max |logits - slimformer's| = {res['max_abs_diff']:.2e}")
+    else:
+        res = export_onnx(m, tok, onnx, atol=atol, optimize=optimize, embedding=embedding, int4=int4)
+        cos = f", min cosine to the model's embeddings {res['min_cosine']:.6f}" if embedding else ""
+        done = (f"wrote {onnx}", f"{res['bytes'] / 1e6:.1f} MB, {res['kind']}), max |ONNX - PyTorch| = "
+                f"{res['max_abs_diff']:.2e}{cos}")
+    for note in res["notes"]:
         console.print(f"[yellow]{note}[/yellow]")
-    cos = f", min cosine to the model's embeddings {info['min_cosine']:.6f}" if embedding else ""
-    console.print(f"[green]wrote {onnx}[/green] ({info['bytes'] / 1e6:.1f} MB, {info['kind']}), "
-                  f"max |ONNX - PyTorch| = {info['max_abs_diff']:.2e}{cos}")
+    console.print(f"[green]{done[0]}[/green] ({done[1]}")
 
 
 @app.command()

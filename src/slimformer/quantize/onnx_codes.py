@@ -89,7 +89,7 @@ def carry_codes(path: str | os.PathLike, layers: list[QLinear], accuracy_level: 
     import onnx
     from onnx import helper, numpy_helper
 
-    from .onnx_int4 import _fold_weight_transposes
+    from .onnx_int4 import _fold_weight_transposes, input_users, write_rewritten
 
     model = onnx.load(str(path))
     _fold_weight_transposes(model)
@@ -98,10 +98,7 @@ def carry_codes(path: str | os.PathLike, layers: list[QLinear], accuracy_level: 
         for q in layers:
             by_key[_key(q.dequantized_weight().t().numpy())] = q
     inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for i in node.input:
-            users[i] = users.get(i, 0) + 1
+    users = input_users(model)
     replaced, dropped, nodes = 0, set(), []
     for node in model.graph.node:
         w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
@@ -124,12 +121,5 @@ def carry_codes(path: str | os.PathLike, layers: list[QLinear], accuracy_level: 
         if users[w.name] == 0:
             dropped.add(w.name)
         replaced += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    kept = [i for i in model.graph.initializer if i.name not in dropped]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    if replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(path))
+    write_rewritten(model, nodes, dropped, path)
     return {"carried_matmuls": replaced, "layers_with_codes": len(layers), "accuracy_level": accuracy_level}

@@ -133,10 +133,7 @@ def quantize_gathers_4bit(path: str | os.PathLike, block_size: int = 32) -> dict
 
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    users = input_users(model)
     done: dict[str, list[str]] = {}
     nodes, dropped = [], set()
     for node in model.graph.node:
@@ -165,12 +162,31 @@ def quantize_gathers_4bit(path: str | os.PathLike, block_size: int = 32) -> dict
         users[table.name] -= 1
         if users[table.name] == 0:
             dropped.add(table.name)
+    write_rewritten(model, nodes, dropped, path)
+    return {"gather_tables": len(done), "fp32_tables_dropped": len(dropped)}
+
+
+def input_users(model: Any) -> dict[str, int]:
+    """How many node inputs read each tensor name of the graph."""
+    users: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    return users
+
+
+def write_rewritten(model: Any, nodes: list[Any], dropped: set[str], path: str | os.PathLike) -> None:
+    """Save `model` at `path` with `nodes` as its graph, the initializers in `dropped` removed, and the
+    com.microsoft opset declared when a node uses it."""
+    import onnx
+    from onnx import helper
+
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     kept = [i for i in model.graph.initializer if i.name not in dropped]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
-    if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
+    ms = any(n.domain == "com.microsoft" for n in nodes)
+    if ms and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
-    return {"gather_tables": len(done), "fp32_tables_dropped": len(dropped)}
