@@ -130,7 +130,7 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
         next(r for r in rows if r["variant"] == name).update(perplexity=round(ppl, 3),
                                                             eval_s=round(time.perf_counter() - t0, 1))
     for r in rows:
-        b = per_token[r["variant"].split(" (")[0]]
+        b = per_token.get(r["variant"]) or per_token[r["variant"].split(" (")[0]]  # the drift-check row: fp32
         bound = bw["best_gb_s"] * 1e9 / b
         r.update(file_mb=round(files[r["variant"]].stat().st_size / 1e6, 1) if r["variant"] in files else None,
                  weight_mb_per_token=round(b / 1e6, 1), bound_tokens_per_s=round(bound, 1),
