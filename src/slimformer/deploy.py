@@ -1,6 +1,6 @@
 """`slimformer export`: any model slimformer wrote, as one ONNX file checked in ONNX Runtime.
 
-Three kinds of model, one file each:
+Four kinds of model, one file each (an encoder-decoder: three graphs):
 
 - quantized with `backend: onnxruntime`: the model already holds its INT8 ONNX graph; it is written as is,
   after checking that ONNX Runtime loads it and gives the model's logits;

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .modules import QEmbedding, QLinear
+from .onnx_int4 import _fold_weight_transposes, input_users, pack_zero_points, write_rewritten
 
 
 def _block(q: QLinear) -> int | None:
@@ -76,11 +77,8 @@ def _nbits_tensors(q: QLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]
     blocks = k // block
     b = q.qweight.detach().numpy().reshape(n, blocks, block // 2)
     scales = q.scale.detach().float().numpy().reshape(n, blocks)
-    zero = q.zero.detach().numpy().reshape(n, blocks).astype(np.uint8)
-    if blocks % 2:
-        zero = np.pad(zero, ((0, 0), (0, 1)))
-    zp = (zero[:, 0::2] | (zero[:, 1::2] << 4)).astype(np.uint8)
-    return np.ascontiguousarray(b), np.ascontiguousarray(scales), np.ascontiguousarray(zp), block
+    zp = pack_zero_points(q.zero.detach().numpy().reshape(n, blocks))
+    return np.ascontiguousarray(b), np.ascontiguousarray(scales), zp, block
 
 
 def carry_codes(path: str | os.PathLike, layers: list[QLinear], accuracy_level: int = 4) -> dict[str, Any]:
@@ -88,8 +86,6 @@ def carry_codes(path: str | os.PathLike, layers: list[QLinear], accuracy_level: 
     dequantized weights becomes MatMulNBits with that layer's codes. Returns counts for the export report."""
     import onnx
     from onnx import helper, numpy_helper
-
-    from .onnx_int4 import _fold_weight_transposes, input_users, write_rewritten
 
     model = onnx.load(str(path))
     _fold_weight_transposes(model)

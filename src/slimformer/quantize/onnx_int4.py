@@ -147,13 +147,11 @@ def quantize_gathers_4bit(path: str | os.PathLike, block_size: int = 32) -> dict
         if table.name not in done:
             w = torch.from_numpy(numpy_helper.to_array(table).copy())
             codes, scale, zero = quantize_groups(w, 4, block_size)
-            z = zero.to(torch.uint8)
-            z = torch.nn.functional.pad(z, (0, z.shape[1] % 2))
             names = [f"{table.name}_q4", f"{table.name}_q4_scales", f"{table.name}_q4_zero_points"]
             model.graph.initializer.extend([
                 numpy_helper.from_array(pack4(codes).numpy(), names[0]),
                 numpy_helper.from_array(scale.float().numpy(), names[1]),
-                numpy_helper.from_array((z[:, 0::2] | (z[:, 1::2] << 4)).numpy(), names[2])])
+                numpy_helper.from_array(pack_zero_points(zero.to(torch.uint8).numpy()), names[2])])
             done[table.name] = names
         a, s, zp = done[table.name]
         nodes.append(helper.make_node("GatherBlockQuantized", [a, node.input[1], s, zp], list(node.output),
@@ -164,6 +162,13 @@ def quantize_gathers_4bit(path: str | os.PathLike, block_size: int = 32) -> dict
             dropped.add(table.name)
     write_rewritten(model, nodes, dropped, path)
     return {"gather_tables": len(done), "fp32_tables_dropped": len(dropped)}
+
+
+def pack_zero_points(zero: np.ndarray) -> np.ndarray:
+    """4-bit zero points [rows, blocks] (values 0-15) two per byte along the blocks, low nibble first, padded to
+    an even count: the layout of MatMulNBits and GatherBlockQuantized."""
+    z = np.pad(zero.astype(np.uint8), ((0, 0), (0, zero.shape[1] % 2)))
+    return np.ascontiguousarray(z[:, 0::2] | (z[:, 1::2] << 4))
 
 
 def input_users(model: Any) -> dict[str, int]:
