@@ -9,6 +9,12 @@ range is signed), `group` strategy with our group size, or `channel` when the la
 The packing itself is compressed-tensors' (its compressor re-derives the integers from the exact dequantized
 weight, scale and zero point, so the codes come out unchanged). Layers left in float are listed in `ignore`.
 The folder is checked by loading it with transformers and comparing logits with the slimformer model.
+
+Its config asks transformers to dequantize at load (`"dequantize": true`): transformers 5.24 with
+compressed-tensors 0.20 cannot load an asymmetric pack-quantized checkpoint in compressed mode (the module it
+builds expects the zero points unpacked while the format stores them packed), and on a CPU both modes compute
+in fp32 anyway. Word-embedding tables quantized by slimformer are written in fp32 (the format has no
+embedding scheme that transformers loads), which the report says.
 """
 from __future__ import annotations
 
@@ -108,9 +114,13 @@ def write_compressed_tensors(model: nn.Module, tokenizer: Any, out: str | Path) 
         diff = _check(tmp, model)
     kinds = ", ".join(f"{b}-bit {s}" + (f" {g}" if g else "") for b, s, g in groups)
     left = ", ".join(ignore[:3]) + (" ..." if len(ignore) > 3 else "")
-    return {"bytes": weights_size(Path(out)), "layers": len(layers), "max_abs_diff": diff,
-            "notes": [f"{len(layers)} layers with their own codes ({kinds}); {len(ignore)} Linear(s) left in float"
-                      + (f": {left}" if ignore else "")]}
+    notes = [f"{len(layers)} layers with their own codes ({kinds}); {len(ignore)} Linear(s) left in float"
+             + (f": {left}" if ignore else "")]
+    from .quantize.modules import QEmbedding
+
+    if any(isinstance(m, QEmbedding) for m in model.modules()):
+        notes.append("the quantized word embeddings are written in fp32 (dequantized)")
+    return {"bytes": weights_size(Path(out)), "layers": len(layers), "max_abs_diff": diff, "notes": notes}
 
 
 def _check(folder: Path, model: nn.Module) -> float:
