@@ -84,7 +84,7 @@ def depth(drop: int = 6) -> dict[str, Any]:
     return {"block_influence": [round(b, 4) for b in bi], "rows": rows}
 
 
-def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int = 64) -> dict[str, Any]:
+def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int = 32) -> dict[str, Any]:
     """Prefill and decode at batch 1: PyTorch fp32, ORT fp32, ORT 4-bit by ONNX Runtime's rounding (block
     `block`), ORT with slimformer's GPTQ codes (group `group`) (then PyTorch again as a drift check);
     perplexity of the ONNX graphs on the same tokens; bytes read per token and the bandwidth bound."""
@@ -97,8 +97,8 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
 
     model, tok, task, batches = _setup()
     out = common.CACHE / "onnx" / "smollm2"
-    gptq = f"ort gptq 4-bit g{group} act-order (own codes)"
-    files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx", gptq: out / f"gptq4-g{group}-act-order.onnx"}
+    gptq = f"ort gptq 4-bit g{group} act-order mse (own codes)"
+    files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx", gptq: out / f"gptq4-g{group}-act-order-mse.onnx"}
     export_info = {}
     for name, path in files.items():
         if not path.exists():
@@ -106,7 +106,8 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
             src = model
             if name == gptq:  # slimformer's GPTQ codes carried into MatMulNBits; LM head and table rounded by block
                 src = quantize_weights(copy.deepcopy(model), QuantizeWeights(
-                    bits=4, group_size=group, method="gptq", act_order=True, embeddings=False, guard=False), batches)
+                    bits=4, group_size=group, method="gptq", act_order=True, grid="mse", embeddings=False,
+                    guard=False), batches)
             info = export_onnx(src, tok, path, int4=group if name == gptq else block if "int4" in name else None)
             export_info[name] = {"seconds": round(time.perf_counter() - t0, 1), "notes": info["notes"],
                                  **{k: info[k] for k in ("top1_agreement", "relative_error") if k in info}}
@@ -218,7 +219,7 @@ def quant_mse(group: int = 64) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def checkpoint(group: int = 64) -> dict[str, Any]:
+def checkpoint(group: int = 32) -> dict[str, Any]:
     """slimformer's GPTQ 4-bit model written as a compressed-tensors folder, loaded back by transformers alone
     (AutoModelForCausalLM) and scored with the same perplexity code: the deployable checkpoint keeps the
     quality of the `quant` row."""
@@ -229,9 +230,9 @@ def checkpoint(group: int = 64) -> dict[str, Any]:
 
     base, tok, task, batches = _setup()
     model = quantize_weights(copy.deepcopy(base), QuantizeWeights(bits=4, group_size=group, method="gptq",
-                                                                  act_order=True, embeddings=False, guard=False),
-                             batches)
-    out = common.CACHE / "checkpoints" / f"smollm2-gptq4-g{group}"
+                                                                  act_order=True, grid="mse", embeddings=False,
+                                                                  guard=False), batches)
+    out = common.CACHE / "checkpoints" / f"smollm2-gptq4-g{group}-act-order-mse"
     if out.exists():
         import shutil
 
@@ -240,7 +241,7 @@ def checkpoint(group: int = 64) -> dict[str, Any]:
     del model
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
     ppl = task.evaluate(loaded, tok, "test")["perplexity"]
-    row = {"variant": f"gptq 4-bit g{group} act-order as compressed-tensors, loaded by transformers",
+    row = {"variant": f"gptq 4-bit g{group} act-order mse as compressed-tensors, loaded by transformers",
            "perplexity": round(ppl, 3),
            "folder_mb": round(info["bytes"] / 1e6, 1), "max_abs_diff_on_write": info["max_abs_diff"],
            "notes": info["notes"]}
