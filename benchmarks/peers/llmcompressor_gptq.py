@@ -12,7 +12,8 @@ save_pretrained) and `calib_ids.npy` (the very blocks slimformer's GPTQ calibrat
 writes `<scheme>.safetensors`, the model's weights after llm-compressor's one-shot pass as it holds them in
 memory (quantize-dequantized values, which is what its compressed checkpoint decompresses to), and
 `<scheme>.json` (seconds, versions, and a check: distinct values per group for GPTQ, the share of zeros for
-pruning). Schemes: GPTQ W4A16 with group 64 (slimformer's group) asymmetric and symmetric, SparseGPT and Wanda
+pruning). Schemes: GPTQ W4A16 with group 64 asymmetric and symmetric and group 32 asymmetric (its defaults:
+static act-order, min-max grids, dampening 0.01 as slimformer's), SparseGPT and Wanda
 at 50% unstructured, the LM head left alone as in slimformer's rows. Not compared: its W8A8 schemes, whose
 activation quantization is simulated at run time and would be lost in these weights.
 """
@@ -41,10 +42,10 @@ def modifier(kind: str) -> tuple[Any, dict]:
     from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
     from llmcompressor.modifiers.quantization import GPTQModifier
 
-    if kind.startswith("gptq"):
-        sym = kind.endswith("-sym")
-        return (GPTQModifier(config_groups=scheme(64, sym), ignore=["lm_head"], dampening_frac=0.01),
-                {"group": 64, "symmetric": sym})
+    if kind.startswith("gptq"):  # gptq-w4-g<group>-<asym|sym>; its defaults: static act-order, min-max grids
+        sym, group = kind.endswith("-sym"), int(kind.split("-g")[1].split("-")[0])
+        return (GPTQModifier(config_groups=scheme(group, sym), ignore=["lm_head"], dampening_frac=0.01),
+                {"group": group, "symmetric": sym})
     cls = SparseGPTModifier if kind == "sparsegpt" else WandaPruningModifier
     return cls(sparsity=0.5, mask_structure="0:0", targets=["Linear"], ignore=["re:.*lm_head"]), {"sparsity": 0.5}
 
@@ -71,7 +72,8 @@ def run(root: Path, kind: str) -> None:
     layers = [v for k, v in state.items() if ".layers." in k and "proj" in k]
     if "group" in info:  # a check that the weights really are 4-bit: distinct values per group of 64
         w = state["model.layers.0.self_attn.q_proj.weight"]
-        info["check"] = f"{max(len(torch.unique(g)) for g in w.reshape(-1, 64)[:4096])} distinct values per group"
+        groups = w.reshape(-1, info["group"])[:4096]
+        info["check"] = f"{max(len(torch.unique(g)) for g in groups)} distinct values per group"
     else:
         info["check"] = f"{sum(int((v == 0).sum()) for v in layers) / sum(v.numel() for v in layers):.1%} zeros"
     save_file(state, str(root / f"{name}.safetensors"))
@@ -87,7 +89,7 @@ def run(root: Path, kind: str) -> None:
 def main() -> None:
     root = Path(sys.argv[1])
     torch.set_num_threads(2)
-    for kind in sys.argv[2:] or ("gptq-w4-g64-asym", "gptq-w4-g64-sym", "sparsegpt", "wanda"):
+    for kind in sys.argv[2:] or ("gptq-w4-g64-asym", "gptq-w4-g64-sym", "gptq-w4-g32-asym", "sparsegpt", "wanda"):
         run(root, kind)
 
 
