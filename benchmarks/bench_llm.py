@@ -196,22 +196,28 @@ def quant(group: int = 64) -> dict[str, Any]:
             "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches)}
 
 
-def quant_mse(group: int = 64) -> dict[str, Any]:
+def quant_seq() -> dict[str, Any]:
+    """GPTQ act-order with the mse grid, calibrated layer by layer (`sequential: true`), at groups 64 and 32."""
+    return quant_mse(settings=(("gptq", 64, True), ("gptq", 32, True)), sequential=True)
+
+
+def quant_mse(group: int = 64, settings: tuple = (), sequential: bool = False) -> dict[str, Any]:
     """RTN and GPTQ act-order with `grid: mse` (the clipping search per group), GPTQ also at group 32 (the block
     of the GGUF file the base model was read from), same setup as `quant`."""
     from slimformer.quantize import QuantizeWeights, quantize_weights
 
     base, tok, task, batches = _setup()
     rows = []
-    for method, g, order in (("rtn", group, False), ("gptq", group, True), ("gptq", 32, True)):
+    for method, g, order in settings or (("rtn", group, False), ("gptq", group, True), ("gptq", 32, True)):
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
         model = quantize_weights(model, QuantizeWeights(bits=4, group_size=g, method=method, grid="mse",
-                                                        act_order=order, guard=False), batches)
+                                                        act_order=order, sequential=sequential, guard=False), batches)
         secs = time.perf_counter() - t0
         t0 = time.perf_counter()
         ppl = task.evaluate(model, tok, "test")["perplexity"]
-        rows.append({"variant": f"{method} 4-bit g{g}{' act-order' if order else ''}, mse grid", "perplexity": round(ppl, 3),
+        name = f"{method} 4-bit g{g}{' act-order' if order else ''}, mse grid{', sequential' if sequential else ''}"
+        rows.append({"variant": name, "perplexity": round(ppl, 3),
                      "tensor_mb": _tensor_mb(model), "quantize_s": round(secs, 1),
                      "eval_s": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]))
@@ -284,7 +290,8 @@ def llmc() -> dict[str, Any]:
     return {"rows": rows}
 
 
-PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant, "quant_mse": quant_mse, "checkpoint": checkpoint,
+PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant, "quant_mse": quant_mse, "quant_seq": quant_seq,
+         "checkpoint": checkpoint,
          "llmc_inputs": llmc_inputs, "llmc": llmc}
 
 
@@ -312,7 +319,7 @@ def markdown() -> str:
         out += ["", f"Post-training quantization of the layers' Linears (group {r['quant']['group']}; the tied "
                 "embedding / LM head stays fp32):", "", "| variant | WikiText-2 test ppl | tensors MB | quantize s |",
                 "|---|---|---|---|"]
-        for row in r["quant"]["rows"] + r.get("quant_mse", {}).get("rows", []):
+        for row in r["quant"]["rows"] + r.get("quant_mse", {}).get("rows", []) + r.get("quant_seq", {}).get("rows", []):
             out.append(f"| {row['variant']} | {row['perplexity']} | {row['tensor_mb']} | {row['quantize_s']} |")
     if "checkpoint" in r:
         c = r["checkpoint"]

@@ -133,6 +133,25 @@ def test_mse_grid_is_a_step_option_and_reloads(tokenizer, tmp_path):
     assert torch.equal(logits(back, bs), logits(model, bs))
 
 
+def test_sequential_gptq_fits_each_layer_to_the_quantized_layers_before_it(tokenizer, tmp_path):
+    ref = tiny_llama()
+    bs = batches()
+    models = {}
+    for key, cfg in {"rtn": {}, "one pass": {"method": "gptq"}, "sequential": {"method": "gptq", "sequential": True}
+                     }.items():
+        models[key] = quantize_weights(copy.deepcopy(ref), QuantizeWeights(bits=3, group_size=16, embeddings=False,
+                                                                           guard=False, **cfg), bs)
+    err = {k: rel(logits(m, bs), logits(ref, bs)) for k, m in models.items()}
+    assert err["sequential"] < err["rtn"] and err["one pass"] < err["rtn"]
+    first = [m.model.layers[0].self_attn.q_proj.qweight for m in (models["one pass"], models["sequential"])]
+    last = [m.model.layers[-1].mlp.down_proj.qweight for m in (models["one pass"], models["sequential"])]
+    assert (first[0] == first[1]).float().mean() > 0.99  # layer 0 sees the same inputs in both
+    assert not torch.equal(*last)  # later layers see the quantized layers' outputs
+    sf.save(models["sequential"], tokenizer, tmp_path / "m")
+    back, _ = sf.load(tmp_path / "m")
+    assert torch.equal(logits(back, bs), logits(models["sequential"], bs))
+
+
 def test_gptq_3bit_act_order_model_reloads_identically_and_is_smaller(tokenizer, tmp_path):
     model = tiny_llama()
     bs = batches()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .modules import group_params
+from .modules import dequantize_groups, group_params
 from .observe import observe_inputs
 
 Batches = list[dict[str, torch.Tensor]]
@@ -26,6 +26,36 @@ def input_hessians(model: nn.Module, names: list[str], batches: Batches) -> dict
 
     observe_inputs(model, [mods[n] for n in names], batches, add)
     return {n: (hs[n] / max(counts[n], 1)).float() for n in names}
+
+
+def hessian(xs: list[torch.Tensor]) -> torch.Tensor:
+    """H = 2/n X^T X of a Linear's input rows."""
+    x = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs]).double()
+    return (2 * x.T @ x / max(x.shape[0], 1)).float()
+
+
+@torch.no_grad()
+def gptq_sequential(model: nn.Module, names: list[str], batches: Batches, bits: int,
+                    group_of: dict[str, int | None], damp: float, act_order: bool, mse: bool
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """GPTQ layer by layer as the reference code runs it: each layer's Hessians come from the outputs of the
+    layers already quantized before it (prune/layerwise.py), and its float Linears are replaced by their
+    quantized values before its outputs feed the next layer. Returns {name: (codes, scale, zero)}; the model
+    keeps the dequantized weights in its float Linears."""
+    from ..prune.layerwise import for_each_layer
+
+    mods = dict(model.named_modules())
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def fit(layer: nn.Module, seen: dict[str, list[torch.Tensor]]) -> None:
+        for n, xs in seen.items():
+            w = mods[n].weight
+            codes, scale, zero = gptq_quantize(w, hessian(xs), bits, group_of[n], damp, act_order=act_order, mse=mse)
+            out[n] = (codes, scale, zero)
+            w.data.copy_(dequantize_groups(codes, scale, zero, group_of[n]).to(w.dtype))
+
+    for_each_layer(model, batches, {n: mods[n] for n in names}, fit)
+    return out
 
 
 def prepare_obs(w: torch.Tensor, h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:

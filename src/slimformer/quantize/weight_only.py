@@ -6,7 +6,8 @@ scales and uint8 zeros per group, so the file really shrinks; at run time each l
 
 - `rtn`: round to nearest on an asymmetric grid per group (min-max, or `grid: mse`, the clipping search).
 - `gptq` (gptq.py): column by column with the inverse input Hessian; `act_order: true` visits columns by
-  decreasing Hessian diagonal with static groups (grids fixed from the original weights, storage unchanged).
+  decreasing Hessian diagonal with static groups (grids fixed from the original weights, storage unchanged);
+  `sequential: true` takes each layer's Hessians from the already quantized layers' outputs.
 - `awq` (awq.py): activation-aware per-channel scales searched per layer and folded into the op before
   (norm, v, up), then RTN. Needs pre-norm layers (Llama-style decoders, GPT-2).
 """
@@ -23,7 +24,7 @@ from ..progress import track
 from ..steps import Context, implements
 from .awq import awq_scale
 from .common import QuantStep, run_guard, summary
-from .gptq import gptq_quantize, input_hessians
+from .gptq import gptq_quantize, gptq_sequential, input_hessians
 from .guard import calibration_batches
 from .modules import QLinear, fit_group, group_params
 from .ops import quantize_embeddings, quantize_linears
@@ -41,6 +42,9 @@ class QuantizeWeights(QuantStep):
     act_order: bool = Field(False, description="gptq: quantize columns by decreasing Hessian diagonal (static "
                             "groups: each group's grid fixed from the original weights)")
     awq_grid: int = Field(20, ge=1, le=100, description="awq: alpha tried at i/awq_grid, i = 0..awq_grid")
+    sequential: bool = Field(False, description="gptq: calibrate layer by layer on the outputs of the layers "
+                             "already quantized (the reference algorithm; slower), instead of one pass of the "
+                             "float model for every Hessian")
     grid: Literal["minmax", "mse"] = Field("minmax", description="each group's grid (Linears): min-max, or mse: "
                                            "the clipping that minimises the group's rounding error (GPTQ's "
                                            "reference `mse` search; slower to quantize, same storage)")
@@ -73,14 +77,22 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
         meta["awq"] = {k: report[k] for k in ("error_rtn", "error_awq")}
         model.config.slimformer = meta
     mods = dict(model.named_modules())
-    hessians = input_hessians(model, names, batches) if cfg.method == "gptq" and batches else {}
+    gptq = cfg.method == "gptq" and bool(batches)
+    hessians = input_hessians(model, names, batches) if gptq and not cfg.sequential else {}
     by_group: dict[int | None, list[str]] = {}
     for n in names:
         by_group.setdefault(fit_group(mods[n].in_features, cfg.group_size), []).append(n)
+    group_of = {n: gs for gs, ns in by_group.items() for n in ns}
+    codes = (gptq_sequential(model, names, batches or [], cfg.bits, group_of, cfg.damp, cfg.act_order,
+                             cfg.grid == "mse") if gptq and cfg.sequential else {})
     floats = {n: mods[n].weight.detach().clone() for n in names}
     for gs, group_names in by_group.items():
         quantize_linears(model, group_names, bits=cfg.bits, group_size=gs, act="none")
-    if hessians:
+    if codes:  # Linears outside the layers (none in the families so far) keep round to nearest
+        qmods = dict(model.named_modules())
+        for n, c in codes.items():
+            qmods[n].set_codes(*c)
+    elif hessians:
         qmods = dict(model.named_modules())
         for n in track(names, desc="gptq", total=len(names)):
             q: QLinear = qmods[n]
