@@ -137,7 +137,7 @@ def test_sequential_gptq_fits_each_layer_to_the_quantized_layers_before_it(token
     ref = tiny_llama()
     bs = batches()
     models = {}
-    for key, cfg in {"rtn": {}, "one pass": {"method": "gptq"}, "sequential": {"method": "gptq", "sequential": True}
+    for key, cfg in {"rtn": {}, "one pass": {"method": "gptq", "sequential": False}, "sequential": {"method": "gptq"}
                      }.items():
         models[key] = quantize_weights(copy.deepcopy(ref), QuantizeWeights(bits=3, group_size=16, embeddings=False,
                                                                            guard=False, **cfg), bs)

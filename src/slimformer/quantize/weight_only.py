@@ -42,9 +42,9 @@ class QuantizeWeights(QuantStep):
     act_order: bool = Field(False, description="gptq: quantize columns by decreasing Hessian diagonal (static "
                             "groups: each group's grid fixed from the original weights)")
     awq_grid: int = Field(20, ge=1, le=100, description="awq: alpha tried at i/awq_grid, i = 0..awq_grid")
-    sequential: bool = Field(False, description="gptq: calibrate layer by layer on the outputs of the layers "
-                             "already quantized (the reference algorithm; slower), instead of one pass of the "
-                             "float model for every Hessian")
+    sequential: bool = Field(True, description="gptq: calibrate layer by layer on the outputs of the layers "
+                             "already quantized (the reference algorithm); false: one pass of the float model "
+                             "for every Hessian (faster, worse: SmolLM2 g64 17.97 vs 17.79 perplexity)")
     grid: Literal["minmax", "mse"] = Field("minmax", description="each group's grid (Linears): min-max, or mse: "
                                            "the clipping that minimises the group's rounding error (GPTQ's "
                                            "reference `mse` search; slower to quantize, same storage)")
