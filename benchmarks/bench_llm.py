@@ -106,8 +106,8 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
             src = model
             if name == gptq:  # slimformer's GPTQ codes carried into MatMulNBits; LM head and table rounded by block
                 src = quantize_weights(copy.deepcopy(model), QuantizeWeights(
-                    bits=4, group_size=group, method="gptq", act_order=True, grid="mse", embeddings=False,
-                    guard=False), batches)
+                    bits=4, group_size=group, method="gptq", act_order=True, grid="mse", sequential=False,
+                    embeddings=False, guard=False), batches)
             info = export_onnx(src, tok, path, int4=group if name == gptq else block if "int4" in name else None)
             export_info[name] = {"seconds": round(time.perf_counter() - t0, 1), "notes": info["notes"],
                                  **{k: info[k] for k in ("top1_agreement", "relative_error") if k in info}}
@@ -173,7 +173,8 @@ def quant(group: int = 64) -> dict[str, Any]:
     weight_only = [("rtn", 4, False), ("gptq", 4, False), ("gptq", 4, True), ("awq", 4, False),
                    ("rtn", 3, False), ("gptq", 3, False), ("gptq", 3, True)]
     for method, bits, act_order in weight_only:
-        cfg = QuantizeWeights(bits=bits, group_size=group, method=method, act_order=act_order, guard=False)
+        cfg = QuantizeWeights(bits=bits, group_size=group, method=method, act_order=act_order, sequential=False,
+                              guard=False)  # one-pass Hessians, as measured (quant_seq: layer by layer)
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
         model = quantize_weights(model, cfg, batches)
@@ -236,8 +237,8 @@ def checkpoint(group: int = 32) -> dict[str, Any]:
 
     base, tok, task, batches = _setup()
     model = quantize_weights(copy.deepcopy(base), QuantizeWeights(bits=4, group_size=group, method="gptq",
-                                                                  act_order=True, grid="mse", embeddings=False,
-                                                                  guard=False), batches)
+                                                                  act_order=True, grid="mse", sequential=False,
+                                                                  embeddings=False, guard=False), batches)
     out = common.CACHE / "checkpoints" / f"smollm2-gptq4-g{group}-act-order-mse"
     if out.exists():
         import shutil
