@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import check
 from ..models.linear import in_features, is_conv1d, weight_oi
 from ..progress import track
-from ..quantize.gptq import prepare_obs
+from ..quantize.gptq import hessian, prepare_obs
 from ..steps import Context, StepConfig, implements, regexes
 from .layerwise import Batches, for_each_layer
 from .unstructured import prunable, sparsity_report
@@ -112,17 +112,6 @@ def wanda_scores(w: torch.Tensor, xs: list[torch.Tensor]) -> torch.Tensor:
     for x in xs:
         sq += (x.double() ** 2).sum(0)
     return w.abs() * sq.sqrt().float()[None, :]
-
-
-def hessian(xs: list[torch.Tensor], cols: int) -> torch.Tensor:
-    """H = 2/n X^T X over the calibration tokens."""
-    h = torch.zeros(cols, cols, dtype=torch.float64)
-    n = 0
-    for x in xs:
-        x = x.double()
-        h += 2 * x.T @ x
-        n += x.shape[0]
-    return (h / max(n, 1)).float()
 
 
 @torch.no_grad()

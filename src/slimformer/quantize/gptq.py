@@ -28,10 +28,15 @@ def input_hessians(model: nn.Module, names: list[str], batches: Batches) -> dict
     return {n: (hs[n] / max(counts[n], 1)).float() for n in names}
 
 
-def hessian(xs: list[torch.Tensor]) -> torch.Tensor:
-    """H = 2/n X^T X of a Linear's input rows."""
-    x = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs]).double()
-    return (2 * x.T @ x / max(x.shape[0], 1)).float()
+def hessian(xs: list[torch.Tensor], cols: int) -> torch.Tensor:
+    """H = 2/n X^T X over a Linear's input rows `xs` (each [tokens, cols]), accumulated chunk by chunk."""
+    h = torch.zeros(cols, cols, dtype=torch.float64)
+    n = 0
+    for x in xs:
+        x = x.double()
+        h += 2 * x.T @ x
+        n += x.shape[0]
+    return (h / max(n, 1)).float()
 
 
 @torch.no_grad()
@@ -50,7 +55,7 @@ def gptq_sequential(model: nn.Module, names: list[str], batches: Batches, bits: 
     def fit(layer: nn.Module, seen: dict[str, list[torch.Tensor]]) -> None:
         for n, xs in seen.items():
             w = mods[n].weight
-            codes, scale, zero = gptq_quantize(w, hessian(xs), bits, group_of[n], damp, act_order=act_order, mse=mse)
+            codes, scale, zero = gptq_quantize(w, hessian(xs, w.shape[1]), bits, group_of[n], damp, act_order=act_order, mse=mse)
             out[n] = (codes, scale, zero)
             w.data.copy_(dequantize_groups(codes, scale, zero, group_of[n]).to(w.dtype))
 
