@@ -221,11 +221,9 @@ class Planner:
         s = self.settings
         fitting = [r for r in proxies if r["fits"]]
         hopeful = [r for r in fitting if r["drop"] <= s.max_drop + s.proxy_slack]
-        front = pareto([{**r, "_size": r["size_bytes"]} for r in hopeful or fitting], ("drop", "ms", "_size"))
-        names = {r["name"] for r in front}
-        if hopeful:
-            return sorted([r for r in hopeful if r["name"] in names], key=lambda r: r["ms"])
-        return sorted([r for r in fitting if r["name"] in names], key=lambda r: r["drop"])
+        pool = hopeful or fitting
+        names = {r["name"] for r in pareto([{**r, "_size": r["size_bytes"]} for r in pool], ("drop", "ms", "_size"))}
+        return sorted([r for r in pool if r["name"] in names], key=lambda r: r["ms"] if hopeful else r["drop"])
 
     def estimate(self, proxy: dict[str, Any]) -> float:
         """Seconds a full run of this candidate should take, from its proxy run."""
