@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import check, one_line
+from .errors import SlimformerError, check, one_line
 
 PLAIN_OPS = {"quantize_linear", "quantize_embedding"}  # what a plain transformers model of the same config holds
 
@@ -66,7 +66,6 @@ def _plain(model: nn.Module) -> nn.Module:
 
 def write_compressed_tensors(model: nn.Module, tokenizer: Any, out: str | Path) -> dict[str, Any]:
     """Write `out` (atomically); returns {"bytes", "layers", "max_abs_diff", "notes"}."""
-    from .errors import SlimformerError
     from .fsutil import atomic_dir, weights_size
 
     try:
@@ -126,8 +125,6 @@ def write_compressed_tensors(model: nn.Module, tokenizer: Any, out: str | Path) 
 def _check(folder: Path, model: nn.Module) -> float:
     """Load the folder with transformers and compare logits with the model on a seeded probe."""
     from transformers import AutoModelForCausalLM
-
-    from .errors import SlimformerError
 
     try:
         loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
