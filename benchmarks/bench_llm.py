@@ -84,6 +84,16 @@ def depth(drop: int = 6) -> dict[str, Any]:
     return {"block_influence": [round(b, 4) for b in bi], "rows": rows}
 
 
+def _deployed_gptq(base: Any, batches: list, group: int) -> Any:
+    """The GPTQ model `speed` and `checkpoint` deploy: a copy of base, 4-bit, act-order, mse grid, one-pass
+    Hessians (as measured)."""
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+
+    return quantize_weights(copy.deepcopy(base), QuantizeWeights(
+        bits=4, group_size=group, method="gptq", act_order=True, grid="mse", sequential=False, embeddings=False,
+        guard=False), batches)
+
+
 def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int = 32) -> dict[str, Any]:
     """Prefill and decode at batch 1: PyTorch fp32, ORT fp32, ORT 4-bit by ONNX Runtime's rounding (block
     `block`), ORT with slimformer's GPTQ codes (group `group`) (then PyTorch again as a drift check);
@@ -92,8 +102,6 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
     from slimformer.export_generative import OrtDecoder
     from slimformer.generation import generation_profile, ort_generation_profile
     from slimformer.quantize.onnx_int4 import bytes_read_per_token, read_bandwidth
-
-    from slimformer.quantize import QuantizeWeights, quantize_weights
 
     model, tok, task, batches = _setup()
     out = common.CACHE / "onnx" / "smollm2"
@@ -105,9 +113,7 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
             t0 = time.perf_counter()
             src = model
             if name == gptq:  # slimformer's GPTQ codes carried into MatMulNBits; LM head and table rounded by block
-                src = quantize_weights(copy.deepcopy(model), QuantizeWeights(
-                    bits=4, group_size=group, method="gptq", act_order=True, grid="mse", sequential=False,
-                    embeddings=False, guard=False), batches)
+                src = _deployed_gptq(model, batches, group)
             info = export_onnx(src, tok, path, int4=group if name == gptq else block if "int4" in name else None)
             export_info[name] = {"seconds": round(time.perf_counter() - t0, 1), "notes": info["notes"],
                                  **{k: info[k] for k in ("top1_agreement", "relative_error") if k in info}}
@@ -233,12 +239,9 @@ def checkpoint(group: int = 32) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from slimformer.export_compressed import write_compressed_tensors
-    from slimformer.quantize import QuantizeWeights, quantize_weights
 
     base, tok, task, batches = _setup()
-    model = quantize_weights(copy.deepcopy(base), QuantizeWeights(bits=4, group_size=group, method="gptq",
-                                                                  act_order=True, grid="mse", sequential=False,
-                                                                  embeddings=False, guard=False), batches)
+    model = _deployed_gptq(base, batches, group)
     out = common.CACHE / "checkpoints" / f"smollm2-gptq4-g{group}-act-order-mse"
     if out.exists():
         import shutil
