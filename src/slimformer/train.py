@@ -49,12 +49,18 @@ def set_seed(seed: int) -> None:
     hf_set_seed(seed)
 
 
-def train_dataset(tokenizer: Any, task: Task, cfg: TrainConfig) -> EncodedDataset:
+def train_examples(task: Task, cfg: TrainConfig) -> list[Any]:
+    """The training split, or cfg.max_train_examples of it drawn with cfg.seed."""
     examples = list(task.split("train"))
     if cfg.max_train_examples and cfg.max_train_examples < len(examples):
         rng = random.Random(cfg.seed)
         examples = rng.sample(examples, cfg.max_train_examples)
-    return task.encode(tokenizer, examples, cfg.max_len)
+    return examples
+
+
+def train_dataset(tokenizer: Any, task: Task, cfg: TrainConfig, examples: list[Any] | None = None) -> EncodedDataset:
+    """The encoded training set (examples: already chosen ones, e.g. with the teacher's targets)."""
+    return task.encode(tokenizer, train_examples(task, cfg) if examples is None else examples, cfg.max_len)
 
 
 MAX_SAVE_STEPS = 200

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Union
+from typing import Any, ClassVar, Iterator, Literal, Union
 
 import torch
 from pydantic import Field, model_validator
@@ -66,6 +66,10 @@ class Distill(LossTerms):
     cache_teacher: bool = Field(False, description="compute teacher logits once and reuse them every epoch")
     keep_zeros: bool = Field(False, description="weights that are zero when the step starts stay zero (recovery "
                              "after prune_oneshot / prune_unstructured)")
+    targets: Literal["gold", "teacher"] = Field("gold", description="teacher: sequence-level KD (Kim & Rush "
+                                                "2016), translation only: train on the teacher's beam-search outputs")
+    target_beams: int | None = Field(None, ge=1, description="beams of the teacher's translations (default: the "
+                                     "task's)")
 
     @model_validator(mode="after")
     def _cache_ok(self) -> "Distill":
@@ -83,6 +87,8 @@ def fits(cfg: "Distill", student: nn.Module, task: Task | None) -> None:
         return
     check(task.distill_target != "embedding", "distill: a sentence-embedding model (similarity, embedding mode) "
           "is distilled on its embeddings by the distill_embeddings step")
+    check(cfg.targets == "gold" or task.kind == "translation",
+          f"distill: targets: teacher (sequence-level KD) needs a translation task, not {task.kind}")
     task.check_model(student)
     check(not cfg.cache_teacher or task.distill_target in ("logits", "regression"),
           "distill: cache_teacher stores one logit row per example; per-token targets (translation, language "
@@ -163,17 +169,24 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
             resume: bool = False, callbacks: list[Any] | None = None, trainer_cls: type[DistillTrainer] = DistillTrainer,
             trainer_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Task-specific distillation of student (trained in place) from teacher; returns (student, stats)."""
-    from ..train import TrainConfig, train_dataset
+    from ..train import TrainConfig, train_dataset, train_examples
 
     fits(cfg, student, task)
-    if cfg.kd:
+    if cfg.kd or cfg.targets == "teacher":
         try:
             task.check_model(teacher)
         except SlimformerError as e:
-            raise SlimformerError(f"distill: kd needs a teacher trained for the task: {e}") from e
+            raise SlimformerError(f"distill: {'kd' if cfg.kd else 'targets: teacher'} needs a teacher trained for "
+                                  f"the task: {e}") from e
     work_dir = Path(work_dir)
-    base = train_dataset(tokenizer, task, TrainConfig(max_len=max_len, seed=seed,
-                                                      max_train_examples=cfg.max_train_examples))
+    tcfg = TrainConfig(max_len=max_len, seed=seed, max_train_examples=cfg.max_train_examples)
+    examples, seq_kd = train_examples(task, tcfg), None
+    if cfg.targets == "teacher":
+        from .sequence_level import with_teacher_targets
+
+        examples, seq_kd = with_teacher_targets(task, examples, teacher, tokenizer, work_dir, cfg.target_beams,
+                                                max_len)
+    base = train_dataset(tokenizer, task, tcfg, examples)
     collate = task.collator(tokenizer, student)
     cached, cache_s = None, None
     if cfg.cache_teacher:
@@ -183,6 +196,8 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
     stats = run_distillation(student, teacher, tokenizer, IndexedDataset(base), collate, cfg, work_dir, seed,
                              resume, max_len, cached, callbacks, task, trainer_cls, trainer_kwargs)
     stats["teacher_cache_s"] = cache_s
+    if seq_kd:
+        stats["sequence_level"] = seq_kd
     return student, stats
 
 
