@@ -6,7 +6,7 @@ slimformer's pruning + distillation + INT8 on the same teacher.
         --task multi30k --data ../shared/data/multi30k --out ~/.cache/slimformer/teachers/multi30k-6x6 \\
         --epochs 4 --lr 1e-3 --batch-size 64 --max-len 64 --label-smoothing 0.1 --beams 5 --seed 42
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python benchmarks/bench_pet.py \\
-        teacher pet no_warmup no_mapping no_sharing no_swap plain_distill prune_int8 search
+        teacher pet no_warmup no_mapping no_sharing no_swap plain_distill seq_kd prune_int8 search
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_pet.py speed final
     .venv/bin/python benchmarks/bench_pet.py markdown
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_pet.py smoke  # ~2 min
@@ -131,6 +131,27 @@ def prune_int8() -> dict[str, Any]:
                                           "recipe": steps})
 
 
+def seq_kd() -> dict[str, Any]:
+    """Sequence-level KD (Kim & Rush 2016) into the unshared 4+4 student of `plain_distill`: the `distill` step
+    with `targets: teacher` (the teacher's beam-5 translations of the training sources) and plain CE, the same
+    epochs; the teacher's translation time is counted in train_minutes."""
+    from slimformer import models
+    from slimformer.distill import Distill, distill
+    from slimformer.distill.pet import PetStudent, build_student
+
+    model, tok = _teacher()
+    task = _task()
+    student = build_student(model, PetStudent(**STUDENT, encoder_layers=4, decoder_layers=4), BUDGET["seed"])
+    cfg = Distill(targets="teacher", target_beams=5, kd=0.0, ce=1.0, epochs=BUDGET["epochs"], lr=BUDGET["lr"],
+                  batch_size=BUDGET["batch_size"])
+    t0 = time.perf_counter()
+    student, stats = distill(student, model, tok, task, cfg, common.CACHE / "work" / "pet-seq_kd", BUDGET["seed"],
+                             MAX_LEN, resume=True)
+    minutes = round((time.perf_counter() - t0) / 60, 1)
+    models.save(student, tok, STUDENTS / "seq_kd")
+    return _row(student, tok, task, {"train_minutes": minutes, "sequence_level": stats.get("sequence_level")})
+
+
 def search() -> dict[str, Any]:
     """share_pairs' search on the PET student: every pairing of 4 layers, 200 steps each, dev loss."""
     from slimformer.distill.pet import build_student, PetStudent
@@ -152,7 +173,7 @@ def _saved() -> dict[str, Any]:
     from slimformer import models
 
     out = {"teacher": _teacher()[0]}
-    for name in [*VARIANTS, "prune_int8"]:
+    for name in [*VARIANTS, "seq_kd", "prune_int8"]:
         if (STUDENTS / name / "model.safetensors").exists():
             out[name] = models.load(str(STUDENTS / name), task=_task())[0]
     return out
@@ -229,7 +250,7 @@ def smoke() -> dict[str, Any]:
 
 
 PARTS: dict[str, Any] = {"teacher": teacher, **{v: (lambda v=v: variant(v)) for v in VARIANTS},
-                         "prune_int8": prune_int8, "search": search, "final": final, "speed": speed, "smoke": smoke}
+                         "seq_kd": seq_kd, "prune_int8": prune_int8, "search": search, "final": final, "speed": speed, "smoke": smoke}
 
 
 def main(parts: list[str]) -> None:
@@ -248,7 +269,7 @@ def markdown() -> str:
     if not path.exists():
         return "(no results yet)"
     r = json.loads(path.read_text())
-    rows = [n for n in ("teacher", *VARIANTS, "prune_int8") if n in r]
+    rows = [n for n in ("teacher", *VARIANTS, "seq_kd", "prune_int8") if n in r]
     if not rows:
         return "(no model rows yet)"
     t = r.get("teacher", {})
