@@ -26,3 +26,23 @@ def test_multiclass_f1_is_macro():
 def test_unknown_metric():
     with pytest.raises(SlimformerError, match="unknown metric"):
         compute(["bleu4"], [0], [0])
+
+
+def test_run_table_shows_each_metric_change_in_its_own_units():
+    from slimformer.report import delta_text
+
+    assert delta_text("accuracy", 0.875, 0.8739) == "-0.11 pt"  # fractions: x100
+    assert delta_text("bleu", 36.78, 29.96) == "-6.82 pt"  # already in points
+    assert delta_text("perplexity", 16.0, 17.6) == "+10.00 %"  # relative
+    assert delta_text("accuracy", None, 0.5) == "-"
+
+
+def test_plan_drop_is_points_lost_in_the_metric_units():
+    from types import SimpleNamespace
+
+    from slimformer.plan.search import _drop
+
+    acc = SimpleNamespace(main_metric="accuracy")
+    assert _drop(acc, {"accuracy": 0.875}, {"accuracy": 0.865}) == 1.0
+    assert _drop(SimpleNamespace(main_metric="bleu"), {"bleu": 36.0}, {"bleu": 35.5}) == 0.5
+    assert _drop(SimpleNamespace(main_metric="perplexity"), {"perplexity": 10.0}, {"perplexity": 11.0}) == 10.0

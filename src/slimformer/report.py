@@ -42,6 +42,18 @@ def latency_warnings(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def delta_text(metric: str, before: float | None, after: float | None) -> str:
+    """The change of a metric in its own units: '+0.42 pt' (accuracy x100, BLEU as is) or '-3.1 %' (perplexity)."""
+    from .tasks.metrics import change
+
+    if before is None or after is None:
+        return "-"
+    try:
+        return change(metric, before, after)[1]
+    except SlimformerError:  # a metric without a description: assume a 0-1 scale
+        return f"{(after - before) * 100:+.2f} pt"
+
+
 def rich_table(rows: list[dict[str, Any]], title: str = "slimformer run") -> Table:
     metrics = _metric_names(rows)
     batches = _batches(rows)
@@ -56,8 +68,7 @@ def rich_table(rows: list[dict[str, Any]], title: str = "slimformer run") -> Tab
         cells = [str(r.get("index", "")), r.get("step", "")]
         cells += [f"{m[k]:.4f}" if k in m else "-" for k in metrics]
         if metrics:
-            delta = (m.get(metrics[0], float("nan")) - base.get("metrics", {}).get(metrics[0], float("nan"))) * 100
-            cells.append("-" if delta != delta else f"{delta:+.2f} pt")
+            cells.append(delta_text(metrics[0], base.get("metrics", {}).get(metrics[0]), m.get(metrics[0])))
         cells += [f"{r.get('params', 0) / 1e6:.2f}", f"{r.get('size_bytes', 0) / 1e6:.1f}",
                   *(_lat_cell(r, b) for b in batches)]
         t.add_row(*cells)

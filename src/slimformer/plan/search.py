@@ -88,10 +88,11 @@ def _run(model: Any, tok: Any, task: Any, c: Candidate, steps: list[dict[str, An
 
 
 def _drop(task: Any, base: dict[str, Any], metrics: dict[str, Any]) -> float:
-    """Points lost on the main metric (negative: better than the input)."""
-    key = task.main_metric
-    sign = 1 if task.higher_is_better(key) else -1
-    return round(sign * (base[key] - metrics[key]) * 100, 2)
+    """Points lost on the main metric in its own units (accuracy x100, BLEU as is, perplexity in %; negative:
+    better than the input)."""
+    from ..tasks.metrics import change
+
+    return round(-change(task.main_metric, base[task.main_metric], metrics[task.main_metric])[0], 2)
 
 
 def _measure_latency(models_: dict[str, Any], reference: Any, tok: Any, settings: PlanSettings, per_model_s: float
