@@ -52,9 +52,8 @@ def teacher_translations(teacher: nn.Module, tokenizer: Any, task: Task, sources
 
 def with_teacher_targets(task: Task, examples: Sequence[Any], teacher: nn.Module, tokenizer: Any, work_dir: Path,
                          beams: int | None, max_len: int) -> tuple[list[Any], dict[str, Any]]:
-    """examples with their targets replaced by the teacher's translations, and a summary for the report."""
-    check(task.kind == "translation", f"distill: targets: teacher (sequence-level KD) needs a translation task, "
-          f"not {task.kind}")
+    """examples with their targets replaced by the teacher's translations, and a summary for the report (the task
+    kind is checked before any work by `distill.step.fits`)."""
     check(hasattr(teacher, "generate"), "distill: targets: teacher needs a PyTorch encoder-decoder teacher")
     beams = beams or getattr(task, "beams", 5)
     sources = [e.text for e in examples]
