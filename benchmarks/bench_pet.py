@@ -29,12 +29,15 @@ from typing import Any
 import common
 import torch
 
-RESULT = "pet"
 THREADS = 2
 TEACHER = Path(os.environ.get("PET_TEACHER", common.CACHE / "teachers" / "multi30k-6x6"))
-STUDENTS = common.CACHE / "pet"
 MAX_LEN = 64
-BUDGET = {"epochs": 4.0, "warmup_epochs": 1.0, "batch_size": 64, "lr": 1e-3, "seed": 42}
+# PET_EPOCHS=N runs every part at a smaller (or larger) shared budget, warm-up a quarter of it, into its own
+# result file, students folder and work folders (pet_2ep.json, ~/.cache/slimformer/pet_2ep/, work/pet_2ep-*)
+EPOCHS = float(os.environ.get("PET_EPOCHS", "4"))
+BUDGET = {"epochs": EPOCHS, "warmup_epochs": EPOCHS / 4, "batch_size": 64, "lr": 1e-3, "seed": 42}
+RESULT = "pet" if EPOCHS == 4 else f"pet_{EPOCHS:g}ep"
+STUDENTS = common.CACHE / RESULT
 # PET's student widths scaled to a 256-wide teacher (paper: 512 -> encoder 320 / decoder 240, FFN 2x); HF Marian
 # keeps one width for both stacks
 STUDENT = {"width": 128, "encoder_ffn": 256, "decoder_ffn": 192, "heads": 4}
@@ -101,7 +104,7 @@ def variant(name: str) -> dict[str, Any]:
     model, tok = _teacher()
     task = _task()
     cfg = pet_config(name)
-    ctx = Context(tokenizer=tok, task=task, work_dir=common.CACHE / "work" / f"pet-{name}", teacher=model,
+    ctx = Context(tokenizer=tok, task=task, work_dir=common.CACHE / "work" / f"{RESULT}-{name}", teacher=model,
                   seed=BUDGET["seed"], max_len=MAX_LEN, resume=True)
     t0 = time.perf_counter()
     student, stats = pet(model, model, cfg, ctx)
@@ -145,7 +148,7 @@ def seq_kd() -> dict[str, Any]:
     cfg = Distill(targets="teacher", target_beams=5, kd=0.0, ce=1.0, epochs=BUDGET["epochs"], lr=BUDGET["lr"],
                   batch_size=BUDGET["batch_size"])
     t0 = time.perf_counter()
-    student, stats = distill(student, model, tok, task, cfg, common.CACHE / "work" / "pet-seq_kd", BUDGET["seed"],
+    student, stats = distill(student, model, tok, task, cfg, common.CACHE / "work" / f"{RESULT}-seq_kd", BUDGET["seed"],
                              MAX_LEN, resume=True)
     minutes = round((time.perf_counter() - t0) / 60, 1)
     models.save(student, tok, STUDENTS / "seq_kd")
@@ -162,7 +165,7 @@ def search() -> dict[str, Any]:
     student = build_student(model, PetStudent(**STUDENT), BUDGET["seed"])
     cfg = SharePairs(encoder="search", decoder="search", search_steps=200, search_examples=256,
                      batch_size=BUDGET["batch_size"], lr=BUDGET["lr"])
-    ctx = Context(tokenizer=tok, task=_task(), work_dir=common.CACHE / "work" / "pet-search", seed=BUDGET["seed"],
+    ctx = Context(tokenizer=tok, task=_task(), work_dir=common.CACHE / "work" / f"{RESULT}-search", seed=BUDGET["seed"],
                   max_len=MAX_LEN)
     t0 = time.perf_counter()
     _, report = share_pairs(student, cfg, ctx)
