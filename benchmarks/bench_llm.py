@@ -98,23 +98,66 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
     """Prefill and decode at batch 1: PyTorch fp32, ORT fp32, ORT 4-bit by ONNX Runtime's rounding (block
     `block`), ORT with slimformer's GPTQ codes (group `group`) (then PyTorch again as a drift check);
     perplexity of the ONNX graphs on the same tokens; bytes read per token and the bandwidth bound."""
-    from slimformer.deploy import export_onnx
-    from slimformer.export_generative import OrtDecoder
-    from slimformer.generation import generation_profile, ort_generation_profile
-    from slimformer.quantize.onnx_int4 import bytes_read_per_token, read_bandwidth
-
     model, tok, task, batches = _setup()
     out = common.CACHE / "onnx" / "smollm2"
     gptq = f"ort gptq 4-bit g{group} act-order mse (own codes)"
     files = {"ort fp32": out / "fp32.onnx", "ort int4": out / f"int4-b{block}.onnx", gptq: out / f"gptq4-g{group}-act-order-mse.onnx"}
+    builders = {"ort fp32": lambda: (model, {}), "ort int4": lambda: (model, {"int4": block}),
+                # slimformer's GPTQ codes carried into MatMulNBits; LM head and table rounded by block
+                gptq: lambda: (_deployed_gptq(model, batches, group), {"int4": group})}
+    return _decode_rows(model, tok, task, files, builders, set(files), prompt, new_tokens,
+                        {"block": block, "group": group})
+
+
+def speed_head(prompt: int = 512, new_tokens: int = 32, group: int = 32) -> dict[str, Any]:
+    """The LM head and the table with their own codes too: GPTQ 4-bit g`group`, act-order, mse grid, layer by
+    layer, `lm_head: true` (the tied head untied and GPTQ-calibrated on the final hidden states; the table
+    4-bit on its own), exported with INT8 compute (accuracy level 4) and with float compute (level 0); timed
+    against PyTorch fp32 and the `speed` part's GPTQ graph (head and table rounded by ONNX Runtime). Also the
+    PyTorch perplexity of the model itself: PyTorch vs level 0 vs level 4 separates what the INT8 activations
+    cost from what the 4-bit head and table cost."""
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+
+    model, tok, task, batches = _setup()
+    t0 = time.perf_counter()
+    q = quantize_weights(copy.deepcopy(model), QuantizeWeights(
+        bits=4, group_size=group, method="gptq", act_order=True, grid="mse", sequential=True, lm_head=True,
+        embeddings=True, guard=False), batches)
+    secs = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    torch_row = {"variant": "pytorch gptq + head, own table codes", "perplexity": round(task.evaluate(q, tok, "test")["perplexity"], 3),
+                 "tensor_mb": _tensor_mb(q), "quantize_s": round(secs, 1), "eval_s": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(torch_row))
+    out = common.CACHE / "onnx" / "smollm2"
+    old = f"ort gptq 4-bit g{group} act-order mse (own codes)"
+    files = {"ort fp32": out / "fp32.onnx", old: out / f"gptq4-g{group}-act-order-mse.onnx",
+             "ort gptq + head, INT8 compute": out / f"gptq4-g{group}-head-seq.onnx",
+             "ort gptq + head, float compute": out / f"gptq4-g{group}-head-seq-acc0.onnx"}
+    builders = {"ort gptq + head, INT8 compute": lambda: (q, {"int4_accuracy": 4}),
+                "ort gptq + head, float compute": lambda: (q, {"int4_accuracy": 0})}
+    for name in (n for n in files if n not in builders):
+        if not files[name].exists():
+            raise SystemExit(f"{files[name]} missing: run the speed part first")
+    res = _decode_rows(model, tok, task, files, builders, set(builders), prompt, new_tokens, {"group": group})
+    return {**res, "pytorch": torch_row}
+
+
+def _decode_rows(model: Any, tok: Any, task: Any, files: dict[str, Any], builders: dict[str, Any], score: set[str],
+                 prompt: int, new_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """Export the missing `files` (builders[name]() -> (model, export options)), time every graph interleaved
+    between two PyTorch fp32 runs, score the `score` graphs' perplexity, add bytes read per token and bounds."""
+    from slimformer.deploy import export_onnx
+    from slimformer.export_generative import OrtDecoder
+    from slimformer.generation import generation_profile, ort_generation_profile
+    from slimformer.quantize.onnx_int4 import bytes_read_per_token, read_bandwidth
+    from slimformer.tasks.language_modeling import perplexity
+
     export_info = {}
     for name, path in files.items():
         if not path.exists():
             t0 = time.perf_counter()
-            src = model
-            if name == gptq:  # slimformer's GPTQ codes carried into MatMulNBits; LM head and table rounded by block
-                src = _deployed_gptq(model, batches, group)
-            info = export_onnx(src, tok, path, int4=group if name == gptq else block if "int4" in name else None)
+            src, opts = builders[name]()
+            info = export_onnx(src, tok, path, **opts)
             export_info[name] = {"seconds": round(time.perf_counter() - t0, 1), "notes": info["notes"],
                                  **{k: info[k] for k in ("top1_agreement", "relative_error") if k in info}}
             del src
@@ -127,23 +170,21 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
                  **generation_profile(model, tok, prompt, new_tokens, 1, THREADS, runs=3)})
     bw = read_bandwidth(gib=1.0, repeats=5, threads=THREADS)
     ids = task.stream(tok, "test")[:EVAL_TOKENS]
-    from slimformer.tasks.language_modeling import perplexity
-
     per_token = {"pytorch fp32": bytes_read_per_token(files["ort fp32"])}
     for name, dec in sessions.items():
         per_token[name] = bytes_read_per_token(files[name])
-        t0 = time.perf_counter()
-        ppl = perplexity(dec, ids, context=1024, stride=512)
-        next(r for r in rows if r["variant"] == name).update(perplexity=round(ppl, 3),
-                                                            eval_s=round(time.perf_counter() - t0, 1))
+        if name in score:
+            t0 = time.perf_counter()
+            ppl = perplexity(dec, ids, context=1024, stride=512)
+            next(r for r in rows if r["variant"] == name).update(perplexity=round(ppl, 3),
+                                                                eval_s=round(time.perf_counter() - t0, 1))
     for r in rows:
         b = per_token.get(r["variant"]) or per_token[r["variant"].split(" (")[0]]  # the drift-check row: fp32
         bound = bw["best_gb_s"] * 1e9 / b
         r.update(file_mb=round(files[r["variant"]].stat().st_size / 1e6, 1) if r["variant"] in files else None,
                  weight_mb_per_token=round(b / 1e6, 1), bound_tokens_per_s=round(bound, 1),
                  share_of_bound=round(r["tokens_per_s"] / bound, 3))
-    return {"prompt": prompt, "new_tokens": new_tokens, "block": block, "group": group, "bandwidth": bw, "export": export_info,
-            "rows": rows}
+    return {"prompt": prompt, "new_tokens": new_tokens, **extra, "bandwidth": bw, "export": export_info, "rows": rows}
 
 
 def _tensor_mb(model: Any) -> float:
@@ -294,7 +335,7 @@ def llmc() -> dict[str, Any]:
     return {"rows": rows}
 
 
-PARTS = {"prune": prune, "depth": depth, "speed": speed, "quant": quant, "quant_mse": quant_mse, "quant_seq": quant_seq,
+PARTS = {"prune": prune, "depth": depth, "speed": speed, "speed_head": speed_head, "quant": quant, "quant_mse": quant_mse, "quant_seq": quant_seq,
          "checkpoint": checkpoint,
          "llmc_inputs": llmc_inputs, "llmc": llmc}
 
@@ -335,25 +376,34 @@ def markdown() -> str:
         for row in r["llmc"]["rows"]:
             out.append(f"| {row['variant']} | {row['perplexity']} | {row['llmcompressor']} | {row['seconds']} | "
                        f"{row['check']} |")
-    if "speed" in r:
-        sp = r["speed"]
-        out += ["", f"Batch 1, prompt {sp['prompt']} tokens, {sp['new_tokens']} new tokens, {r['threads']} threads; "
-                f"memory read bandwidth {sp['bandwidth']['best_gb_s']} GB/s (best of 5; median "
-                f"{sp['bandwidth']['median_gb_s']}).", "",
-                "| variant | file MB | x smaller | prefill ms | decode ms/token | tokens/s | x PyTorch fp32 | weights "
-                "read per token (MB) | bandwidth bound (tokens/s) | share of the bound | ppl (same tokens) | reliable |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        ref = sp["rows"][0]
-        fp32_mb = next((r["file_mb"] for r in sp["rows"] if r["variant"] == "ort fp32"), None)
-        for row in sp["rows"]:
-            mb = row.get("file_mb")
-            smaller = f"{fp32_mb / mb:.2f}" if mb and fp32_mb else ""
-            out.append(f"| {row['variant']} | {mb or ''} | {smaller} | {row['prefill_ms']:.0f} | "
-                       f"{row['decode_ms_per_token']:.1f} | {row['tokens_per_s']} | "
-                       f"{row['tokens_per_s'] / ref['tokens_per_s']:.2f} | {row['weight_mb_per_token']} | "
-                       f"{row['bound_tokens_per_s']} | {100 * row['share_of_bound']:.0f}% | {row.get('perplexity', '')} "
-                       f"| {row['reliable']} |")
+    for part in ("speed", "speed_head"):
+        if part in r:
+            out += ["", *_speed_table(r[part], r["threads"])]
+    if "speed_head" in r:
+        p = r["speed_head"]["pytorch"]
+        out += ["", f"{p['variant']} in PyTorch: perplexity {p['perplexity']}, tensors {p['tensor_mb']} MB, "
+                f"quantized in {p['quantize_s']} s."]
     return "\n".join(out)
+
+
+def _speed_table(sp: dict[str, Any], threads: int) -> list[str]:
+    out = [f"Batch 1, prompt {sp['prompt']} tokens, {sp['new_tokens']} new tokens, {threads} threads; "
+           f"memory read bandwidth {sp['bandwidth']['best_gb_s']} GB/s (best of 5; median "
+           f"{sp['bandwidth']['median_gb_s']}).", "",
+           "| variant | file MB | x smaller | prefill ms | decode ms/token | tokens/s | x PyTorch fp32 | weights "
+           "read per token (MB) | bandwidth bound (tokens/s) | share of the bound | ppl (same tokens) | reliable |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ref = sp["rows"][0]
+    fp32_mb = next((r["file_mb"] for r in sp["rows"] if r["variant"] == "ort fp32"), None)
+    for row in sp["rows"]:
+        mb = row.get("file_mb")
+        smaller = f"{fp32_mb / mb:.2f}" if mb and fp32_mb else ""
+        out.append(f"| {row['variant']} | {mb or ''} | {smaller} | {row['prefill_ms']:.0f} | "
+                   f"{row['decode_ms_per_token']:.1f} | {row['tokens_per_s']} | "
+                   f"{row['tokens_per_s'] / ref['tokens_per_s']:.2f} | {row['weight_mb_per_token']} | "
+                   f"{row['bound_tokens_per_s']} | {100 * row['share_of_bound']:.0f}% | {row.get('perplexity', '')} "
+                   f"| {row['reliable']} |")
+    return out
 
 
 if __name__ == "__main__":

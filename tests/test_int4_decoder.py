@@ -114,3 +114,42 @@ def test_export_of_a_4bit_model_keeps_its_codes_without_int4(tmp_path, tokenizer
     assert info["int4"]["matmulnbits_nodes"] == 14 and info["top1_agreement"] > 0.9
     both = export_onnx(model, tokenizer, tmp_path / "q2.onnx", int4=16)  # + the tied LM head rounded by ORT
     assert both["int4"]["matmulnbits_nodes"] == 15
+
+
+def test_a_gptq_lm_head_is_untied_quantized_reloaded_and_exported_with_its_codes(tmp_path, tokenizer):
+    """lm_head: the tied head gets its own 4-bit GPTQ codes (Hessians from the quantized layers' outputs), the
+    table its own 4-bit codes; the pair reloads identically and the ONNX graph carries all 15 MatMuls' codes."""
+    import slimformer as sf
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+    from slimformer.quantize.modules import QEmbedding, QLinear
+
+    torch.manual_seed(0)
+    model = tiny("llama")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    g = torch.Generator().manual_seed(2)
+    bs = [{"input_ids": torch.randint(1000, 2000, (2, 16), generator=g),
+           "attention_mask": torch.ones(2, 16, dtype=torch.long)} for _ in range(4)]
+    cfg = QuantizeWeights(bits=4, group_size=16, method="gptq", act_order=True, lm_head=True, guard=False)
+    q = quantize_weights(model, cfg, bs)
+    assert isinstance(q.lm_head, QLinear) and isinstance(q.model.embed_tokens, QEmbedding)
+    assert q.lm_head.group_size == 16 and not q.config.tie_word_embeddings
+    ids = bs[0]["input_ids"]
+    sf.save(q, tokenizer, tmp_path / "m")
+    back, _ = sf.load(str(tmp_path / "m"))
+    assert isinstance(back.lm_head, QLinear) and isinstance(back.model.embed_tokens, QEmbedding)
+    with torch.no_grad():
+        ref = q(input_ids=ids).logits
+        assert torch.equal(back(input_ids=ids).logits, ref)
+    info = export_onnx(q, tokenizer, tmp_path / "q.onnx", int4=16, int4_accuracy=0)
+    assert info["int4"]["matmulnbits_nodes"] == 15 and "(block 16" in info["notes"][0]
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    assert sum(n.op_type == "GatherBlockQuantized" for n in graph.node) == 1
+    got = OrtDecoder(tmp_path / "q.onnx").prefill_logits(ids.numpy())
+    assert abs(got - ref.numpy()).max() < 1e-4
+
+
+def test_lm_head_needs_a_language_model():
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+
+    with pytest.raises(SlimformerError, match="lm_head"):
+        quantize_weights(tiny("bert"), QuantizeWeights(bits=4, group_size=16, lm_head=True, guard=False))

@@ -271,6 +271,9 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
                                               "and the embedding table as 4-bit (ONNX Runtime MatMulNBits / "
                                               "GatherBlockQuantized) with this block size, e.g. 32. A model from "
                                               "quantize_weights bits 4 keeps its own codes with or without it"),
+           int4_accuracy: int = typer.Option(4, "--int4-accuracy", help="4-bit MatMuls (--int4, or a model from "
+                                             "quantize_weights bits 4): 4 multiplies in INT8, activations "
+                                             "quantized per block (fastest); 0 in float on dequantized weights"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file (an earlier "
                                           "export to the same path is replaced without it)")) -> None:
     """Export any slimformer model to one ONNX file (dynamic batch and length) checked in ONNX Runtime;
@@ -307,7 +310,8 @@ def export(model: str = typer.Argument(..., help=MODEL_HELP + "; any output of f
         done = (f"wrote {compressed_tensors}", f"{res['bytes'] / 1e6:.1f} MB of weights); transformers loads "
                 f"it: max |logits - slimformer's| = {res['max_abs_diff']:.2e}")
     else:
-        res = export_onnx(m, tok, onnx, atol=atol, optimize=optimize, embedding=embedding, int4=int4)
+        res = export_onnx(m, tok, onnx, atol=atol, optimize=optimize, embedding=embedding, int4=int4,
+                          int4_accuracy=int4_accuracy)
         cos = f", min cosine to the model's embeddings {res['min_cosine']:.6f}" if embedding else ""
         done = (f"wrote {onnx}", f"{res['bytes'] / 1e6:.1f} MB, {res['kind']}), max |ONNX - PyTorch| = "
                 f"{res['max_abs_diff']:.2e}{cos}")

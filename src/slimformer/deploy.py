@@ -53,16 +53,19 @@ def _earlier_export(onnx: Path) -> bool:
 
 
 def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float = 1e-4,
-                optimize: bool = False, embedding: bool = False, int4: int | None = None) -> dict[str, Any]:
+                optimize: bool = False, embedding: bool = False, int4: int | None = None,
+                int4_accuracy: int = 4) -> dict[str, Any]:
     """Write `onnx` (+ its tokenizer folder) for any slimformer model; returns what was done:
     {"kind", "max_abs_diff", "notes", "bytes"}. `embedding` (a sentence encoder): the graph ends with mean
     pooling and L2 normalisation (output `sentence_embedding`), checked against the model's embeddings.
     `int4` (a block size): a decoder-only LM's MatMul weights become 4-bit MatMulNBits (checked against
-    PyTorch by top-1 agreement, not atol). Raises SlimformerError with one line on any failure."""
+    PyTorch by top-1 agreement, not atol); `int4_accuracy` is MatMulNBits' accuracy level: 4 multiplies in INT8
+    (activations quantized per block on the fly, fastest), 0 in fp32 on dequantized weights. Raises SlimformerError with one line on any failure."""
     from .fsutil import _umask, atomic_dir
 
     onnx = Path(onnx)
     codes = _decoder_4bit_layers(model)
+    check(int4_accuracy in (0, 1, 4), f"int4 accuracy level must be 0, 1 (float) or 4 (INT8), got {int4_accuracy}")
     if int4:
         from .export_generative import geometry
 
@@ -80,7 +83,7 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
             try:
                 with warnings.catch_warnings():  # exporter warnings are noise to a user; results are checked
                     warnings.simplefilter("ignore")
-                    info = (_write_int4_decoder(model, tmp, int4, codes) if int4 or codes else
+                    info = (_write_int4_decoder(model, tmp, int4, codes, int4_accuracy) if int4 or codes else
                             _write_graph(model, tokenizer, tmp, atol, optimize, onnx))
                     if embedding:
                         from .export_embeddings import pool_and_check
@@ -113,7 +116,8 @@ def _decoder_4bit_layers(model: Any) -> list[Any]:
     return carried_layers(model) if decoder_only else []
 
 
-def _write_int4_decoder(model: Any, path: Path, block: int | None, codes: list[Any]) -> dict[str, Any]:
+def _write_int4_decoder(model: Any, path: Path, block: int | None, codes: list[Any], accuracy: int = 4
+                        ) -> dict[str, Any]:
     """The KV-cache decoder graph with 4-bit MatMulNBits weights, compared with PyTorch on seeded prompts:
     the model's own 4-bit codes where it has them (`codes`), ONNX Runtime's rounding of the float MatMuls left
     when `block` is given."""
@@ -121,23 +125,28 @@ def _write_int4_decoder(model: Any, path: Path, block: int | None, codes: list[A
     import torch
 
     from .export_generative import OrtDecoder, export_decoder
-    from .quantize.onnx_codes import carry_codes, dequantized_twin
+    from .quantize.onnx_codes import carry_codes, dequantized_twin, table_codes
     from .quantize.onnx_int4 import quantize_gathers_4bit, quantize_matmuls_4bit
 
     geo = export_decoder(dequantized_twin(model), path)
     notes = []
     if codes:
-        c = carry_codes(path, codes)
+        c = carry_codes(path, codes, accuracy_level=accuracy)
         notes.append(f"{c['carried_matmuls']} MatMuls run the model's own 4-bit codes (group "
-                     f"{codes[0].group_size or codes[0].in_features}, asymmetric) as MatMulNBits with INT8 compute")
+                     f"{codes[0].group_size or codes[0].in_features}, asymmetric) as MatMulNBits with "
+                     f"{'INT8' if accuracy == 4 else 'float'} compute (accuracy level {accuracy})")
     if block:
-        q = quantize_matmuls_4bit(path, path, block_size=block)
-        g = quantize_gathers_4bit(path, block_size=block)
+        q = quantize_matmuls_4bit(path, path, block_size=block, accuracy_level=accuracy)
         notes.append(f"{q['matmulnbits_nodes'] - (c['carried_matmuls'] if codes else 0)} float MatMuls rounded to "
-                     f"4 bits by ONNX Runtime (block {block}, symmetric); {g['gather_tables']} embedding table(s) "
-                     f"as 4-bit GatherBlockQuantized (block {block}, asymmetric)")
+                     f"4 bits by ONNX Runtime (block {block}, symmetric)")
     else:
         q = {"matmulnbits_nodes": c["carried_matmuls"]}
+    g = quantize_gathers_4bit(path, block_size=block, own=table_codes(model))
+    if g["gather_tables"]:
+        by_ort = g["gather_tables"] - g["own_code_tables"]
+        how = ([f"{g['own_code_tables']} with the model's own codes"] if g["own_code_tables"] else []) + (
+            [f"{by_ort} rounded in blocks of {block}, asymmetric"] if by_ort else [])
+        notes.append(f"{g['gather_tables']} embedding table(s) as 4-bit GatherBlockQuantized ({'; '.join(how)})")
     vocab = model.config.vocab_size
     prompts = torch.randint(min(1000, vocab - 1), vocab, (2, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

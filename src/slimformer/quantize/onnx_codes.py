@@ -14,14 +14,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .modules import QEmbedding, QLinear
-from .onnx_int4 import _fold_weight_transposes, input_users, pack_zero_points, write_rewritten
+from .modules import QEmbedding, QLinear, unpack
+from .onnx_int4 import OwnCodes, _fold_weight_transposes, input_users, pack_zero_points, write_rewritten
 
 
 def _block(q: QLinear) -> int | None:
@@ -39,6 +39,19 @@ def carried_layers(model: nn.Module) -> list[QLinear]:
         if isinstance(m, QLinear) and _block(m) is not None:
             seen.setdefault(id(m), m)
     return list(seen.values())
+
+
+def table_codes(model: nn.Module) -> Callable[[np.ndarray], OwnCodes | None]:
+    """For quantize_gathers_4bit: a table's own 4-bit codes when it is the dequantized weight of one of the
+    model's 4-bit QEmbeddings whose group is a GatherBlockQuantized block (a power of two >= 16)."""
+    mine: dict[str, OwnCodes] = {}
+    for m in model.modules():
+        block = (m.group_size or m.embedding_dim) if isinstance(m, QEmbedding) and m.bits == 4 else 0
+        if block >= 16 and block & (block - 1) == 0:
+            with torch.no_grad():
+                mine[_key(m.weight.numpy())] = (unpack(m.qweight, 4, m.embedding_dim), m.scale.float(), m.zero,
+                                                block)
+    return lambda table: mine.get(_key(table)) if mine else None
 
 
 def dequantized_twin(model: nn.Module) -> nn.Module:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import SlimformerError, check
+
+OwnCodes = tuple[Any, Any, Any, int]  # (codes [rows, cols] uint8, scale [rows, blocks], zero [rows, blocks], block)
 
 
 def quantize_matmuls_4bit(src: str | os.PathLike, dst: str | os.PathLike, block_size: int = 32,
@@ -120,11 +122,14 @@ def greedy_agreement(reference: np.ndarray, got: np.ndarray, prompt_len: int) ->
     return first / max(n, 1)
 
 
-def quantize_gathers_4bit(path: str | os.PathLike, block_size: int = 32) -> dict[str, Any]:
+def quantize_gathers_4bit(path: str | os.PathLike, block_size: int | None = 32,
+                          own: Callable[[np.ndarray], OwnCodes | None] | None = None) -> dict[str, Any]:
     """Rewrite `path` in place: every Gather from a 2-D fp32 table (the word embeddings; with a tied LM head the
     table the head's 4-bit copy came from) becomes ONNX Runtime's GatherBlockQuantized over 4-bit codes
     (asymmetric, one fp32 scale and a 4-bit zero point per block of `block_size` columns), so the file no
-    longer holds the fp32 table. Tables whose width `block_size` does not divide stay fp32."""
+    longer holds the fp32 table. `own(table)` returns a table's own codes (codes, scale, zero, block) when the
+    model has them (a 4-bit QEmbedding): those are carried as they are; with `block_size` None only those
+    tables are rewritten. Tables whose width the block does not divide stay fp32."""
     import onnx
     import torch
     from onnx import helper, numpy_helper
@@ -134,34 +139,42 @@ def quantize_gathers_4bit(path: str | os.PathLike, block_size: int = 32) -> dict
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     users = input_users(model)
-    done: dict[str, list[str]] = {}
-    nodes, dropped = [], set()
+    done: dict[str, tuple[list[str], int]] = {}
+    nodes, dropped, carried = [], set(), 0
     for node in model.graph.node:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        ok = (table is not None and len(table.dims) == 2 and table.data_type == onnx.TensorProto.FLOAT
-              and axis == 0 and table.dims[1] % block_size == 0)
-        if not ok:
+        ok = table is not None and len(table.dims) == 2 and table.data_type == onnx.TensorProto.FLOAT and axis == 0
+        if ok and table.name not in done:
+            arr = numpy_helper.to_array(table)
+            mine = own(arr) if own else None
+            if mine is not None:
+                codes, scale, zero, block = mine
+                carried += 1
+            elif block_size and table.dims[1] % block_size == 0:
+                codes, scale, zero = quantize_groups(torch.from_numpy(arr.copy()), 4, block_size)
+                block = block_size
+            else:
+                ok = False
+            if ok:
+                names = [f"{table.name}_q4", f"{table.name}_q4_scales", f"{table.name}_q4_zero_points"]
+                model.graph.initializer.extend([
+                    numpy_helper.from_array(pack4(codes).numpy(), names[0]),
+                    numpy_helper.from_array(scale.float().numpy(), names[1]),
+                    numpy_helper.from_array(pack_zero_points(zero.to(torch.uint8).numpy()), names[2])])
+                done[table.name] = (names, block)
+        if not ok or table.name not in done:
             nodes.append(node)
             continue
-        if table.name not in done:
-            w = torch.from_numpy(numpy_helper.to_array(table).copy())
-            codes, scale, zero = quantize_groups(w, 4, block_size)
-            names = [f"{table.name}_q4", f"{table.name}_q4_scales", f"{table.name}_q4_zero_points"]
-            model.graph.initializer.extend([
-                numpy_helper.from_array(pack4(codes).numpy(), names[0]),
-                numpy_helper.from_array(scale.float().numpy(), names[1]),
-                numpy_helper.from_array(pack_zero_points(zero.to(torch.uint8).numpy()), names[2])])
-            done[table.name] = names
-        a, s, zp = done[table.name]
+        (a, s, zp), block = done[table.name]
         nodes.append(helper.make_node("GatherBlockQuantized", [a, node.input[1], s, zp], list(node.output),
                                       name=f"{node.name or table.name}_Q4", domain="com.microsoft", gather_axis=0,
-                                      quantize_axis=1, block_size=block_size, bits=4))
+                                      quantize_axis=1, block_size=block, bits=4))
         users[table.name] -= 1
         if users[table.name] == 0:
             dropped.add(table.name)
     write_rewritten(model, nodes, dropped, path)
-    return {"gather_tables": len(done), "fp32_tables_dropped": len(dropped)}
+    return {"gather_tables": len(done), "own_code_tables": carried, "fp32_tables_dropped": len(dropped)}
 
 
 def pack_zero_points(zero: np.ndarray) -> np.ndarray:

@@ -50,6 +50,29 @@ def _quantize_embedding(model: nn.Module, modules: list[str], bits: int = 8, gro
         setattr(parent, child, QEmbedding.from_embedding(emb, bits, group_size))
 
 
+@register_op("untie_lm_head")
+def _untie_lm_head(model: nn.Module) -> None:
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if not isinstance(head, nn.Linear):
+        raise SlimformerError("quantize_weights: lm_head applies to models whose output layer is a Linear "
+                              f"(this one has {type(head).__name__})")
+    if emb is not None and head.weight is getattr(emb, "weight", None):
+        head.weight = nn.Parameter(emb.weight.detach().clone())
+    for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        cfg.tie_word_embeddings = False
+
+
+def untie_lm_head(model: nn.Module) -> str:
+    """Give a tied LM head its own copy of the embedding table (recorded for reload), so the head and the
+    table can be quantized each on its own; returns the head's module name."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise SlimformerError("quantize_weights: lm_head needs a model with an output layer (a language model)")
+    apply_op(model, "untie_lm_head")
+    head = model.get_output_embeddings()
+    return next(n for n, m in model.named_modules() if m is head)
+
+
 def quantize_linears(model: nn.Module, names: Sequence[str], bits: int = 8, group_size: int | None = None,
                      act: Act = "dynamic") -> None:
     """Swap the named Linear modules for QLinear (recorded for reload)."""

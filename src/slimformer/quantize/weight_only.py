@@ -27,7 +27,7 @@ from .common import QuantStep, run_guard, summary
 from .gptq import gptq_quantize, gptq_sequential, input_hessians
 from .guard import calibration_batches
 from .modules import QLinear, fit_group, group_params
-from .ops import quantize_embeddings, quantize_linears
+from .ops import quantize_embeddings, quantize_linears, untie_lm_head
 from .smoothing import norm_groups
 
 
@@ -48,7 +48,11 @@ class QuantizeWeights(QuantStep):
     grid: Literal["minmax", "mse"] = Field("minmax", description="each group's grid (Linears): min-max, or mse: "
                                            "the clipping that minimises the group's rounding error (GPTQ's "
                                            "reference `mse` search; slower to quantize, same storage)")
-    embeddings: bool = Field(True, description="quantize the word embeddings too")
+    lm_head: bool = Field(False, description="quantize the LM head too, with the same method (GPTQ: calibrated on "
+                          "the final hidden states); a head tied to the embeddings gets its own copy first, so the "
+                          "file holds a low-bit head and a low-bit table instead of one fp32 table")
+    embeddings: bool = Field(True, description="quantize the word embeddings too (a table tied to the LM head "
+                             "stays fp32 unless lm_head unties them)")
     embedding_bits: Literal[3, 4, 8] | None = Field(None, description="bits of the embeddings (default: bits)")
     calib_examples: int = Field(128, ge=1, description="train examples for the GPTQ Hessians / AWQ statistics")
     damp: float = Field(0.01, gt=0, description="GPTQ dampening, a fraction of the mean Hessian diagonal")
@@ -70,6 +74,9 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
     (see guard.calibration_batches); without them GPTQ falls back to RTN, AWQ refuses."""
     cfg = cfg or QuantizeWeights()
     names = cfg.targets(model)
+    if cfg.lm_head:
+        head = untie_lm_head(model)
+        names += [] if head in names else [head]
     if cfg.method == "awq":
         check(bool(batches), "quantize_weights: method awq needs calibration batches")
         report = awq_scale(model, batches or [], cfg.bits, cfg.group_size, cfg.awq_grid)
@@ -78,31 +85,27 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
         model.config.slimformer = meta
     mods = dict(model.named_modules())
     gptq = cfg.method == "gptq" and bool(batches)
-    hessians = input_hessians(model, names, batches) if gptq and not cfg.sequential else {}
     by_group: dict[int | None, list[str]] = {}
     for n in names:
         by_group.setdefault(fit_group(mods[n].in_features, cfg.group_size), []).append(n)
     group_of = {n: gs for gs, ns in by_group.items() for n in ns}
     codes = (gptq_sequential(model, names, batches or [], cfg.bits, group_of, cfg.damp, cfg.act_order,
                              cfg.grid == "mse") if gptq and cfg.sequential else {})
-    floats = {n: mods[n].weight.detach().clone() for n in names}
+    # Linears outside the layers (an LM head): Hessians from the outputs of the layers quantized above
+    rest = [n for n in names if n not in codes]
+    hessians = input_hessians(model, rest, batches) if gptq and rest else {}
+    floats = {n: mods[n].weight.detach().clone() for n in rest}
     for gs, group_names in by_group.items():
         quantize_linears(model, group_names, bits=cfg.bits, group_size=gs, act="none")
-    if codes:  # Linears outside the layers (none in the families so far) keep round to nearest
-        qmods = dict(model.named_modules())
-        for n, c in codes.items():
-            qmods[n].set_codes(*c)
-    elif hessians:
-        qmods = dict(model.named_modules())
-        for n in track(names, desc="gptq", total=len(names)):
-            q: QLinear = qmods[n]
-            codes, scale, zero = gptq_quantize(floats[n], hessians[n], cfg.bits, q.group_size, cfg.damp,
-                                               act_order=cfg.act_order, mse=cfg.grid == "mse")
-            q.set_codes(codes, scale, zero)
-    elif cfg.grid == "mse":  # round to nearest on the searched grid
-        qmods = dict(model.named_modules())
-        for n in names:
-            q = qmods[n]
+    qmods = dict(model.named_modules())
+    for n, c in codes.items():
+        qmods[n].set_codes(*c)
+    for n in track(rest, desc="gptq", total=len(rest)) if hessians else rest:
+        q: QLinear = qmods[n]
+        if n in hessians:
+            q.set_codes(*gptq_quantize(floats[n], hessians[n], cfg.bits, q.group_size, cfg.damp,
+                                       act_order=cfg.act_order, mse=cfg.grid == "mse"))
+        elif cfg.grid == "mse":  # round to nearest on the searched grid
             q.set_weight(floats[n], *group_params(floats[n], cfg.bits, q.group_size, mse=True))
     if cfg.embeddings:
         quantize_embeddings(model, bits=cfg.embedding_bits or cfg.bits, group_size=cfg.group_size)
