@@ -59,3 +59,17 @@ def test_cli_exports_a_saved_model(capsys, tokenizer, tmp_path):
     code, err = invoke(capsys, "export", tmp_path / "q", "--compressed-tensors", tmp_path / "c2", "--onnx",
                        tmp_path / "x.onnx")
     assert code == 2 and "exactly one" in err
+
+
+def test_an_untied_4bit_lm_head_is_packed_too(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = quantize_weights(tiny("llama"), QuantizeWeights(bits=4, group_size=16, lm_head=True, guard=False))
+    info = write_compressed_tensors(model, tokenizer, tmp_path / "ct")
+    assert info["layers"] == 15 and info["max_abs_diff"] == 0.0
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ct").eval()
+    assert loaded.lm_head.weight is not loaded.model.embed_tokens.weight
+    ids = torch.randint(1000, 2000, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    with safe_open(str(tmp_path / "ct" / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight_packed" in set(f.keys())

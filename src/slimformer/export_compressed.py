@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import SlimformerError, check, one_line
 
-PLAIN_OPS = {"quantize_linear", "quantize_embedding"}  # what a plain transformers model of the same config holds
+PLAIN_OPS = {"quantize_linear", "quantize_embedding", "untie_lm_head"}  # what a plain transformers model of the config holds
 
 
 def _scheme(q: Any) -> Any:
