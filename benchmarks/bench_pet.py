@@ -9,6 +9,9 @@ slimformer's pruning + distillation + INT8 on the same teacher.
         teacher pet no_warmup no_mapping no_sharing no_swap plain_distill seq_kd prune_int8 search
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_pet.py speed final
     .venv/bin/python benchmarks/bench_pet.py markdown
+    # the ablation grid at a 2-epoch budget (pet_2ep.json; the same parts, their own students and work folders)
+    flock /tmp/slimformer-heavy.lock env PET_EPOCHS=2 HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \
+        benchmarks/bench_pet.py teacher pet no_warmup no_mapping no_swap no_sharing plain_distill
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_pet.py smoke  # ~2 min
 
 Every variant gets the same budget: BUDGET["epochs"] passes over the training pairs in total (warm-up epochs
