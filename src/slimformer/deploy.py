@@ -60,12 +60,14 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
     pooling and L2 normalisation (output `sentence_embedding`), checked against the model's embeddings.
     `int4` (a block size): a decoder-only LM's MatMul weights become 4-bit MatMulNBits (checked against
     PyTorch by top-1 agreement, not atol); `int4_accuracy` is MatMulNBits' accuracy level: 4 multiplies in INT8
-    (activations quantized per block on the fly, fastest), 0 in fp32 on dequantized weights. Raises SlimformerError with one line on any failure."""
+    (activations quantized per block on the fly, fastest), 0 in fp32 on dequantized weights.
+    Raises SlimformerError with one line on any failure."""
     from .fsutil import _umask, atomic_dir
 
     onnx = Path(onnx)
     codes = _decoder_4bit_layers(model)
-    check(int4_accuracy in (0, 1, 4), f"int4 accuracy level must be 0, 1 (float) or 4 (INT8), got {int4_accuracy}")
+    check(int4_accuracy in (0, 1, 4),
+          f"int4 accuracy level must be 0, 1 (float) or 4 (INT8), got {int4_accuracy}")
     if int4:
         from .export_generative import geometry
 

@@ -27,7 +27,8 @@ from torch import nn
 
 from .errors import SlimformerError, check, one_line
 
-PLAIN_OPS = {"quantize_linear", "quantize_embedding", "untie_lm_head"}  # what a plain transformers model of the config holds
+# what a plain transformers model of the same config holds
+PLAIN_OPS = {"quantize_linear", "quantize_embedding", "untie_lm_head"}
 
 
 def _scheme(q: Any) -> Any:
