@@ -143,7 +143,8 @@ def _write_int4_decoder(model: Any, path: Path, block: int | None, codes: list[A
                      f"4 bits by ONNX Runtime (block {block}, symmetric)")
     else:
         q = {"matmulnbits_nodes": c["carried_matmuls"]}
-    g = quantize_gathers_4bit(path, block_size=block, own=table_codes(model))
+    own = table_codes(model)
+    g = quantize_gathers_4bit(path, block_size=block, own=own) if block or own else {"gather_tables": 0}
     if g["gather_tables"]:
         by_ort = g["gather_tables"] - g["own_code_tables"]
         how = ([f"{g['own_code_tables']} with the model's own codes"] if g["own_code_tables"] else []) + (

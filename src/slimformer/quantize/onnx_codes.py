@@ -41,9 +41,10 @@ def carried_layers(model: nn.Module) -> list[QLinear]:
     return list(seen.values())
 
 
-def table_codes(model: nn.Module) -> Callable[[np.ndarray], OwnCodes | None]:
+def table_codes(model: nn.Module) -> Callable[[np.ndarray], OwnCodes | None] | None:
     """For quantize_gathers_4bit: a table's own 4-bit codes when it is the dequantized weight of one of the
-    model's 4-bit QEmbeddings whose group is a GatherBlockQuantized block (a power of two >= 16)."""
+    model's 4-bit QEmbeddings whose group is a GatherBlockQuantized block (a power of two >= 16); None when the
+    model has no such table."""
     mine: dict[str, OwnCodes] = {}
     for m in model.modules():
         block = (m.group_size or m.embedding_dim) if isinstance(m, QEmbedding) and m.bits == 4 else 0
@@ -51,7 +52,7 @@ def table_codes(model: nn.Module) -> Callable[[np.ndarray], OwnCodes | None]:
             with torch.no_grad():
                 mine[_key(m.weight.numpy())] = (unpack(m.qweight, 4, m.embedding_dim), m.scale.float(), m.zero,
                                                 block)
-    return lambda table: mine.get(_key(table)) if mine else None
+    return (lambda table: mine.get(_key(table))) if mine else None
 
 
 def dequantized_twin(model: nn.Module) -> nn.Module:
