@@ -109,35 +109,41 @@ def speed(prompt: int = 512, new_tokens: int = 32, block: int = 32, group: int =
                         {"block": block, "group": group})
 
 
-def speed_head(prompt: int = 512, new_tokens: int = 32, group: int = 32) -> dict[str, Any]:
-    """The LM head and the table with their own codes too: GPTQ 4-bit g`group`, act-order, mse grid, layer by
-    layer, `lm_head: true` (the tied head untied and GPTQ-calibrated on the final hidden states; the table
-    4-bit on its own), exported with INT8 compute (accuracy level 4) and with float compute (level 0); timed
-    against PyTorch fp32 and the `speed` part's GPTQ graph (head and table rounded by ONNX Runtime). Also the
-    PyTorch perplexity of the model itself: PyTorch vs level 0 vs level 4 separates what the INT8 activations
-    cost from what the 4-bit head and table cost."""
+def speed_head(prompt: int = 512, new_tokens: int = 32, group: int = 32, head: bool | str = True) -> dict[str, Any]:
+    """The LM head and the table 4-bit too: GPTQ 4-bit g`group`, act-order, mse grid, layer by layer, with
+    `lm_head: true` (the tied head untied and GPTQ-calibrated on the final hidden states; the table 4-bit on its
+    own), exported with INT8 compute (accuracy level 4) and float compute (level 0), timed against PyTorch fp32
+    and the `speed` part's GPTQ graph (head and table rounded by ONNX Runtime); or (`head` "shared", the
+    speed_shared part) with `lm_head: shared` (one copy of the head's GPTQ codes serves the lookups too), INT8
+    compute, timed against the `true` graph. Also the PyTorch perplexity of the model itself."""
     from slimformer.quantize import QuantizeWeights, quantize_weights
 
     model, tok, task, batches = _setup()
     t0 = time.perf_counter()
     q = quantize_weights(copy.deepcopy(model), QuantizeWeights(
-        bits=4, group_size=group, method="gptq", act_order=True, grid="mse", sequential=True, lm_head=True,
+        bits=4, group_size=group, method="gptq", act_order=True, grid="mse", sequential=True, lm_head=head,
         embeddings=True, guard=False), batches)
     secs = time.perf_counter() - t0
     t0 = time.perf_counter()
-    torch_row = {"variant": "pytorch gptq + head, own table codes", "perplexity": round(task.evaluate(q, tok, "test")["perplexity"], 3),
+    what = "shared head and table codes" if head == "shared" else "own table codes"
+    torch_row = {"variant": f"pytorch gptq + head, {what}", "perplexity": round(task.evaluate(q, tok, "test")["perplexity"], 3),
                  "tensor_mb": _tensor_mb(q), "quantize_s": round(secs, 1), "eval_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps(torch_row))
     out = common.CACHE / "onnx" / "smollm2"
-    old = f"ort gptq 4-bit g{group} act-order mse (own codes)"
-    files = {"ort fp32": out / "fp32.onnx", old: out / f"gptq4-g{group}-act-order-mse.onnx",
-             "ort gptq + head, INT8 compute": out / f"gptq4-g{group}-head-seq.onnx",
-             "ort gptq + head, float compute": out / f"gptq4-g{group}-head-seq-acc0.onnx"}
-    builders = {"ort gptq + head, INT8 compute": lambda: (q, {"int4_accuracy": 4}),
-                "ort gptq + head, float compute": lambda: (q, {"int4_accuracy": 0})}
+    files = {"ort fp32": out / "fp32.onnx"}
+    if head == "shared":
+        files |= {"ort gptq + head, INT8 compute": out / f"gptq4-g{group}-head-seq.onnx",
+                  "ort gptq + shared head/table, INT8 compute": out / f"gptq4-g{group}-shared-seq.onnx"}
+        builders = {"ort gptq + shared head/table, INT8 compute": lambda: (q, {"int4_accuracy": 4})}
+    else:
+        files |= {f"ort gptq 4-bit g{group} act-order mse (own codes)": out / f"gptq4-g{group}-act-order-mse.onnx",
+                  "ort gptq + head, INT8 compute": out / f"gptq4-g{group}-head-seq.onnx",
+                  "ort gptq + head, float compute": out / f"gptq4-g{group}-head-seq-acc0.onnx"}
+        builders = {"ort gptq + head, INT8 compute": lambda: (q, {"int4_accuracy": 4}),
+                    "ort gptq + head, float compute": lambda: (q, {"int4_accuracy": 0})}
     for name in (n for n in files if n not in builders):
         if not files[name].exists():
-            raise SystemExit(f"{files[name]} missing: run the speed part first")
+            raise SystemExit(f"{files[name]} missing: run the speed / speed_head part first")
     res = _decode_rows(model, tok, task, files, builders, set(builders), prompt, new_tokens, {"group": group})
     return {**res, "pytorch": torch_row}
 
@@ -335,7 +341,8 @@ def llmc() -> dict[str, Any]:
     return {"rows": rows}
 
 
-PARTS = {"prune": prune, "depth": depth, "speed": speed, "speed_head": speed_head, "quant": quant, "quant_mse": quant_mse, "quant_seq": quant_seq,
+PARTS = {"prune": prune, "depth": depth, "speed": speed, "speed_head": speed_head,
+         "speed_shared": lambda: speed_head(head="shared"), "quant": quant, "quant_mse": quant_mse, "quant_seq": quant_seq,
          "checkpoint": checkpoint,
          "llmc_inputs": llmc_inputs, "llmc": llmc}
 
@@ -376,13 +383,13 @@ def markdown() -> str:
         for row in r["llmc"]["rows"]:
             out.append(f"| {row['variant']} | {row['perplexity']} | {row['llmcompressor']} | {row['seconds']} | "
                        f"{row['check']} |")
-    for part in ("speed", "speed_head"):
+    for part in ("speed", "speed_head", "speed_shared"):
         if part in r:
             out += ["", *_speed_table(r[part], r["threads"])]
-    if "speed_head" in r:
-        p = r["speed_head"]["pytorch"]
-        out += ["", f"{p['variant']} in PyTorch: perplexity {p['perplexity']}, tensors {p['tensor_mb']} MB, "
-                f"quantized in {p['quantize_s']} s."]
+        if "pytorch" in r.get(part, {}):
+            p = r[part]["pytorch"]
+            out += ["", f"{p['variant']} in PyTorch: perplexity {p['perplexity']}, tensors {p['tensor_mb']} MB, "
+                    f"quantized in {p['quantize_s']} s."]
     return "\n".join(out)
 
 

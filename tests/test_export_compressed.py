@@ -61,9 +61,10 @@ def test_cli_exports_a_saved_model(capsys, tokenizer, tmp_path):
     assert code == 2 and "exactly one" in err
 
 
-def test_an_untied_4bit_lm_head_is_packed_too(tokenizer, tmp_path):
+@pytest.mark.parametrize("head", [True, "shared"])  # shared: the table is the head's codes, written dequantized
+def test_an_untied_4bit_lm_head_is_packed_too(tokenizer, tmp_path, head):
     torch.manual_seed(0)
-    model = quantize_weights(tiny("llama"), QuantizeWeights(bits=4, group_size=16, lm_head=True, guard=False))
+    model = quantize_weights(tiny("llama"), QuantizeWeights(bits=4, group_size=16, lm_head=head, guard=False))
     info = write_compressed_tensors(model, tokenizer, tmp_path / "ct")
     assert info["layers"] == 15 and info["max_abs_diff"] == 0.0
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ct").eval()

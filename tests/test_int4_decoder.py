@@ -153,3 +153,55 @@ def test_lm_head_needs_a_language_model():
 
     with pytest.raises(SlimformerError, match="lm_head"):
         quantize_weights(tiny("bert"), QuantizeWeights(bits=4, group_size=16, lm_head=True, guard=False))
+
+
+def test_a_shared_lm_head_stores_one_4bit_copy_for_the_head_and_the_table(tmp_path, tokenizer):
+    """lm_head: shared: GPTQ codes of the tied head serve the lookups too, in PyTorch, on disk (once), after a
+    reload and in the ONNX graph (the lookup reads the head's MatMulNBits codes through a Reshape)."""
+    import slimformer as sf
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+    from slimformer.quantize.modules import QEmbedding, QLinear
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    bs = [{"input_ids": torch.randint(1000, 2000, (2, 16), generator=g),
+           "attention_mask": torch.ones(2, 16, dtype=torch.long)} for _ in range(4)]
+    cfg = dict(bits=4, group_size=16, method="gptq", guard=False)
+    own = quantize_weights(tiny("llama"), QuantizeWeights(lm_head=True, **cfg), bs)
+    torch.manual_seed(0)
+    q = quantize_weights(tiny("llama"), QuantizeWeights(lm_head="shared", **cfg), bs)
+    head, emb = q.lm_head, q.model.embed_tokens
+    assert isinstance(head, QLinear) and isinstance(emb, QEmbedding) and emb.qweight is head.qweight
+    assert torch.equal(emb.weight, head.dequantized_weight())  # the lookup rows are the head's rows
+    ids = bs[0]["input_ids"]
+    sf.save(own, tokenizer, tmp_path / "own")
+    sf.save(q, tokenizer, tmp_path / "m")
+    table = emb.qweight.numel() + emb.scale.numel() * 2 + emb.zero.numel()
+    saved = lambda d: (tmp_path / d / "model.safetensors").stat().st_size  # noqa: E731
+    assert saved("own") - saved("m") >= 0.95 * table  # the shared file holds the codes once
+    back, _ = sf.load(str(tmp_path / "m"))
+    assert back.model.embed_tokens.qweight is back.lm_head.qweight
+    with torch.no_grad():
+        ref = q(input_ids=ids).logits
+        assert torch.equal(back(input_ids=ids).logits, ref)
+    info = export_onnx(q, tokenizer, tmp_path / "q.onnx", int4=16, int4_accuracy=0)
+    export_onnx(own, tokenizer, tmp_path / "own.onnx", int4=16, int4_accuracy=0)
+    assert "one copy for both" in info["notes"][0]
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    nbits = {n.input[1] for n in graph.node if n.op_type == "MatMulNBits"}
+    reshape = next(n for n in graph.node if n.output[0] == gather.input[0])
+    assert reshape.op_type == "Reshape" and reshape.input[0] in nbits
+    assert not any(i.name.endswith("_q4") for i in graph.initializer)
+    assert (tmp_path / "own.onnx").stat().st_size - (tmp_path / "q.onnx").stat().st_size >= 0.9 * table
+    got = OrtDecoder(tmp_path / "q.onnx").prefill_logits(ids.numpy())
+    assert abs(got - ref.numpy()).max() < 1e-4
+
+
+def test_shared_lm_head_needs_a_tied_head():
+    from slimformer.quantize import QuantizeWeights, quantize_weights
+
+    with pytest.raises(SlimformerError, match="tied"):
+        quantize_weights(tiny("bert"), QuantizeWeights(bits=4, group_size=16, lm_head="shared", guard=False))
+    with pytest.raises(SlimformerError, match="embedding_bits"):
+        QuantizeWeights(bits=4, lm_head="shared", embedding_bits=8)

@@ -149,6 +149,8 @@ def _write_int4_decoder(model: Any, path: Path, block: int | None, codes: list[A
         by_ort = g["gather_tables"] - g["own_code_tables"]
         how = ([f"{g['own_code_tables']} with the model's own codes"] if g["own_code_tables"] else []) + (
             [f"{by_ort} rounded in blocks of {block}, asymmetric"] if by_ort else [])
+        if g.get("tables_sharing_head_codes"):
+            how.append("reading the LM head's 4-bit codes: one copy for both")
         notes.append(f"{g['gather_tables']} embedding table(s) as 4-bit GatherBlockQuantized ({'; '.join(how)})")
     vocab = model.config.vocab_size
     prompts = torch.randint(min(1000, vocab - 1), vocab, (2, 16), generator=torch.Generator().manual_seed(3))

@@ -28,7 +28,7 @@ from torch import nn
 from .errors import SlimformerError, check, one_line
 
 # what a plain transformers model of the same config holds
-PLAIN_OPS = {"quantize_linear", "quantize_embedding", "untie_lm_head"}
+PLAIN_OPS = {"quantize_linear", "quantize_embedding", "untie_lm_head", "share_head_codes"}
 
 
 def _scheme(q: Any) -> Any:

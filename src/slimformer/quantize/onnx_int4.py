@@ -1,8 +1,9 @@
 """4-bit weights on a real CPU kernel: the MatMuls of an exported ONNX graph become ONNX Runtime's `MatMulNBits`
 (block-wise symmetric 4-bit weights, fp32 scales per block of `block_size` inputs). `accuracy_level` 4 lets
 the kernel multiply in INT8 (activations quantized per block on the fly), the fast path on x86 with VNNI;
-0 keeps fp32 arithmetic on dequantized weights. Embedding lookups (Gather) stay fp32; a tied LM head becomes
-a 4-bit MatMul beside the fp32 table it shares.
+0 keeps fp32 arithmetic on dequantized weights. Embedding tables become 4-bit GatherBlockQuantized lookups
+(`quantize_gathers_4bit`); a table whose codes are a MatMulNBits head's (a tied head quantized once) reads the
+head's copy.
 
 Also here: how many weight bytes one decode step reads, and this machine's memory read bandwidth, the bound on
 batch-1 decoding (every weight is read once per token): tokens/s <= bandwidth / bytes read per token.
@@ -173,8 +174,44 @@ def quantize_gathers_4bit(path: str | os.PathLike, block_size: int | None = 32,
         users[table.name] -= 1
         if users[table.name] == 0:
             dropped.add(table.name)
+    shared = _share_with_head(model, nodes, dropped)
     write_rewritten(model, nodes, dropped, path)
-    return {"gather_tables": len(done), "own_code_tables": carried, "fp32_tables_dropped": len(dropped)}
+    return {"gather_tables": len(done), "own_code_tables": carried, "fp32_tables_dropped": len(dropped),
+            "tables_sharing_head_codes": shared}
+
+
+def _share_with_head(model: Any, nodes: list[Any], dropped: set[str]) -> int:
+    """Where a GatherBlockQuantized table holds the very codes, scales and zero points of a MatMulNBits weight
+    (a tied LM head quantized once, `lm_head: shared`), let the lookup read the head's tensors (its codes through
+    a Reshape from [N, blocks, block/2] to [N, K/2]) and drop the table's copy. Returns the tables shared."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    arr = lambda name: numpy_helper.to_array(inits[name]) if name in inits else None  # noqa: E731
+    heads = [n for n in nodes if n.op_type == "MatMulNBits" and len(n.input) >= 4]
+    shared, made = 0, set()
+    for node in [n for n in nodes if n.op_type == "GatherBlockQuantized" and len(n.input) == 4]:
+        data, scales, zero = (arr(node.input[i]) for i in (0, 2, 3))
+        for head in heads:
+            b = arr(head.input[1])
+            if (data is None or b is None or b.size != data.size or not np.array_equal(b.reshape(data.shape), data)
+                    or not _same(arr(head.input[2]), scales) or not _same(arr(head.input[3]), zero)):
+                continue
+            shape = f"{node.input[0]}_shape"
+            if shape not in made:  # one Reshape per table, however many lookups read it
+                model.graph.initializer.append(numpy_helper.from_array(np.array(data.shape, np.int64), shape))
+                nodes.insert(nodes.index(node), helper.make_node("Reshape", [head.input[1], shape], [f"{shape}d"],
+                                                                 name=f"{shape}_codes"))
+                made.add(shape)
+                shared += 1
+            dropped.update(node.input[i] for i in (0, 2, 3))
+            node.input[:] = [f"{shape}d", node.input[1], head.input[2], head.input[3]]
+            break
+    return shared
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is not None and b is not None and a.size == b.size and np.array_equal(a.reshape(b.shape), b)
 
 
 def pack_zero_points(zero: np.ndarray) -> np.ndarray:

@@ -62,6 +62,25 @@ def _untie_lm_head(model: nn.Module) -> None:
         cfg.tie_word_embeddings = False
 
 
+@register_op("share_head_codes")
+def _share_head_codes(model: nn.Module) -> None:
+    head, emb = model.get_output_embeddings(), get_adapter(model).word_embeddings(model)
+    if not isinstance(head, QLinear) or head.act != "none":
+        raise SlimformerError("share_head_codes: the LM head is not a weight-only quantized layer")
+    q = QEmbedding(head.out_features, head.in_features, getattr(emb, "padding_idx", None), head.bits,
+                   head.group_size)
+    q.qweight, q.scale, q.zero = head.qweight, head.scale, head.zero  # the same tensors: stored once
+    parent, child = _parent(model, next(n for n, m in model.named_modules() if m is emb))
+    setattr(parent, child, q)
+
+
+def head_tied(model: nn.Module) -> bool:
+    """The model's output layer shares its weight with the input embeddings (a tied LM head)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return head is not None and emb is not None and getattr(head, "weight", None) is getattr(emb, "weight", 0)
+
+
 def untie_lm_head(model: nn.Module) -> str:
     """Give a tied LM head its own copy of the embedding table (recorded for reload), so the head and the
     table can be quantized each on its own; returns the head's module name."""

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import check
+from ..models import apply_op
 from ..progress import track
 from ..steps import Context, implements
 from .awq import awq_scale
@@ -27,7 +28,7 @@ from .common import QuantStep, run_guard, summary
 from .gptq import gptq_quantize, gptq_sequential, input_hessians
 from .guard import calibration_batches
 from .modules import QLinear, fit_group, group_params
-from .ops import quantize_embeddings, quantize_linears, untie_lm_head
+from .ops import head_tied, quantize_embeddings, quantize_linears, untie_lm_head
 from .smoothing import norm_groups
 
 
@@ -48,11 +49,13 @@ class QuantizeWeights(QuantStep):
     grid: Literal["minmax", "mse"] = Field("minmax", description="each group's grid (Linears): min-max, or mse: "
                                            "the clipping that minimises the group's rounding error (GPTQ's "
                                            "reference `mse` search; slower to quantize, same storage)")
-    lm_head: bool = Field(False, description="quantize the LM head too, with the same method (GPTQ: calibrated on "
-                          "the final hidden states); a head tied to the embeddings gets its own copy first, so the "
-                          "file holds a low-bit head and a low-bit table instead of one fp32 table")
+    lm_head: bool | Literal["shared"] = Field(
+        False, description="quantize the LM head too, with the same method (GPTQ: calibrated on the final hidden "
+        "states); true: a head tied to the embeddings gets its own copy first, so the file holds a low-bit head and "
+        "a low-bit table instead of one fp32 table; shared (tied models): the head's codes also serve the "
+        "embedding lookups, one low-bit copy for both")
     embeddings: bool = Field(True, description="quantize the word embeddings too (a table tied to the LM head "
-                             "stays fp32 unless lm_head unties them)")
+                             "stays fp32 unless lm_head unties or shares them)")
     embedding_bits: Literal[3, 4, 8] | None = Field(None, description="bits of the embeddings (default: bits)")
     calib_examples: int = Field(128, ge=1, description="train examples for the GPTQ Hessians / AWQ statistics")
     damp: float = Field(0.01, gt=0, description="GPTQ dampening, a fraction of the mean Hessian diagonal")
@@ -61,6 +64,8 @@ class QuantizeWeights(QuantStep):
     def _options(self) -> "QuantizeWeights":
         check(not self.act_order or self.method == "gptq",
               f"quantize_weights: act_order applies to method gptq, not {self.method}")
+        check(self.lm_head != "shared" or self.embedding_bits in (None, self.bits),
+              "quantize_weights: lm_head shared gives the table the head's codes, so embedding_bits must equal bits")
         return self
 
     def preflight(self, model: nn.Module, task: Any) -> None:
@@ -75,6 +80,8 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
     cfg = cfg or QuantizeWeights()
     names = cfg.targets(model)
     if cfg.lm_head:
+        check(cfg.lm_head is True or head_tied(model),
+              "quantize_weights: lm_head shared needs an LM head tied to the word embeddings")
         head = untie_lm_head(model)
         names += [] if head in names else [head]
     if cfg.method == "awq":
@@ -107,7 +114,9 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
                                        act_order=cfg.act_order, mse=cfg.grid == "mse"))
         elif cfg.grid == "mse":  # round to nearest on the searched grid
             q.set_weight(floats[n], *group_params(floats[n], cfg.bits, q.group_size, mse=True))
-    if cfg.embeddings:
+    if cfg.lm_head == "shared":
+        apply_op(model, "share_head_codes")
+    elif cfg.embeddings:
         quantize_embeddings(model, bits=cfg.embedding_bits or cfg.bits, group_size=cfg.group_size)
     return model
 
