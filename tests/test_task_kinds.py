@@ -85,6 +85,9 @@ def test_text_loader_and_refusals(tmp_path):
     (tmp_path / "test.txt").write_text("more text .\n")
     t = tasks.load("lm", tmp_path)
     assert t.kind == "language_modeling" and t.default_split == "test" and set(t.splits) == {"dev", "test", "train"}
+    (tmp_path / "captions.en").write_text("a dog runs .\n\na cat sits .\n")  # one named file: any suffix
+    one = tasks.load("lm", tmp_path / "captions.en")
+    assert [x.text for x in one.split("test")] == ["a dog runs .", "a cat sits ."] == [x.text for x in one.split("train")]
     (tmp_path / "test.txt").write_bytes(b"\xff\xfe bad")
     with pytest.raises(SlimformerError) as e:
         tasks.load("lm", tmp_path)

@@ -131,7 +131,8 @@ def perplexity(model: Any, ids: Sequence[int], context: int = 1024, stride: int 
 
 def load_text(data: str | Path, name: str = "language_modeling", context: int = 1024, stride: int = 512,
               max_eval_tokens: int | None = None, **_: Any) -> LanguageModelingTask:
-    """A directory of train/valid/test .txt files (WikiText style), or one .txt file (used as train and test).
+    """A directory of train/valid/test .txt files (WikiText style), or one text file of any name (used as train
+    and test).
 
     Without a train file, the valid text is the training/calibration text (WikiText-2 as shipped here)."""
     p = Path(data).expanduser()
@@ -142,7 +143,7 @@ def load_text(data: str | Path, name: str = "language_modeling", context: int = 
         split = SPLITS.get(f.stem.lower().replace("wiki.", "").split(".")[0])
         if p.is_file():
             split = "train"
-        if split and f.suffix.lower() in (".txt", ".raw", ".tokens", ""):
+        if split and (p.is_file() or f.suffix.lower() in (".txt", ".raw", ".tokens", "")):  # a named file: any name
             splits[split] = _read(f)
     check(bool(splits), f"{p}: no train/valid/test .txt files")
     if "train" not in splits:

@@ -1,0 +1,115 @@
+"""Issue "Language models", the held-out check: the main rows of bench_llm.py (4-bit weight-only, W8A8, one-shot
+50% pruning, depth pruning) scored in one run on WikiText-2 test AND on a second text that is neither
+WikiText-2 nor calibration data: the English captions of Multi30k's three test sets (Elliott et al. 2016,
+"Multi30K: Multilingual English-German Image Descriptions", ../shared/data/multi30k), short image descriptions,
+far from Wikipedia prose. Calibration stays WikiText-2 valid (the same 59 blocks as bench_llm.py), so a method
+that fits its calibration domain rather than the model shows up as a larger ratio on the captions.
+
+    flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_heldout.py heldout
+    python benchmarks/bench_llm_heldout.py markdown
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any, Callable
+
+import bench_llm
+import common
+import torch
+
+RESULT = "llm_heldout"
+CAPTIONS = ("test_2016_flickr.en", "test_2017_flickr.en", "test_2017_mscoco.en")
+
+
+def _captions(tok: Any) -> list[int]:
+    """The captions as one token stream (one caption per document, as the WikiText stream joins documents),
+    cut to the token budget of the WikiText-2 figures."""
+    from slimformer.tasks.language_modeling import load_text
+
+    ids: list[int] = []
+    for name in CAPTIONS:
+        ids += load_text(common.DATA / "multi30k" / name).stream(tok, "test")
+    return ids[: bench_llm.EVAL_TOKENS]
+
+
+def _variants(tok: Any, batches: list, group: int = 32) -> dict[str, Callable[[Any], Any]]:
+    from slimformer.prune.layers import block_influence, keep_layers
+    from slimformer.prune.oneshot import PruneOneShot, prune_oneshot
+    from slimformer.quantize import QuantizeDynamic, QuantizeWeights, quantize_dynamic, quantize_weights
+
+    def weights(method: str, **kw: Any) -> Callable[[Any], Any]:
+        return lambda m: quantize_weights(m, QuantizeWeights(bits=4, group_size=group, method=method, guard=False,
+                                                             **kw), batches)
+
+    def depth(m: Any, drop: int = 6) -> Any:
+        bi = block_influence(m, batches)
+        return keep_layers(m, sorted(sorted(range(len(bi)), key=lambda i: -bi[i])[: len(bi) - drop]))
+
+    return {
+        "base (dequantized Q4_1)": lambda m: m,
+        f"rtn 4-bit g{group}": weights("rtn"),
+        f"gptq 4-bit g{group} act-order mse, layer by layer, head shared (lm_head: shared)": weights(
+            "gptq", act_order=True, grid="mse", sequential=True, lm_head="shared"),
+        "smoothquant 0.5 + int8 dynamic (per-token)": lambda m: quantize_dynamic(
+            m, QuantizeDynamic(backend="torch", smoothquant=0.5, activations="token", guard=False), tok, batches),
+        "sparsegpt 50%": lambda m: _pruned(m, PruneOneShot(method="sparsegpt", sparsity=0.5), batches, prune_oneshot),
+        "wanda 50%": lambda m: _pruned(m, PruneOneShot(method="wanda", sparsity=0.5), batches, prune_oneshot),
+        "depth: 6 of 30 layers dropped by block influence": depth,
+    }
+
+
+def _pruned(model: Any, cfg: Any, batches: list, prune: Any) -> Any:
+    prune(model, cfg, batches)
+    return model
+
+
+def heldout() -> dict[str, Any]:
+    from slimformer.tasks.language_modeling import perplexity
+
+    base, tok, task, batches = bench_llm._setup()
+    wiki = task.stream(tok, "test")[: bench_llm.EVAL_TOKENS]
+    caps = _captions(tok)
+    rows = []
+    for name, make in _variants(tok, batches).items():
+        t0 = time.perf_counter()
+        model = make(copy.deepcopy(base))
+        secs = time.perf_counter() - t0
+        row = {"variant": name, "make_s": round(secs, 1), "tensor_mb": bench_llm._tensor_mb(model)}
+        for text, ids in (("wikitext2", wiki), ("captions", caps)):
+            row[text] = round(perplexity(model, ids, task.context, task.stride), 3)
+        print(json.dumps(row))
+        rows.append(row)
+        del model
+    return {"rows": rows, "tokens": {"wikitext2": len(wiki), "captions": len(caps)}, "context": task.context,
+            "stride": task.stride, "captions_files": list(CAPTIONS), "calib_blocks": len(batches)}
+
+
+def main(parts: list[str]) -> None:
+    torch.set_num_threads(bench_llm.THREADS)
+    payload = common.previous_parts(RESULT, set(PARTS) - set(parts))
+    for p in parts:
+        payload[p] = PARTS[p]()
+        print(f"wrote {common.write_result(RESULT, {'threads': bench_llm.THREADS, **payload})}")
+    print(markdown())
+
+
+def markdown() -> str:
+    r = json.loads((common.RESULTS / f"{RESULT}.json").read_text())["heldout"]
+    base = r["rows"][0]
+    out = [f"Context {r['context']}, stride {r['stride']}; WikiText-2 test: first {r['tokens']['wikitext2']} tokens; "
+           f"captions: first {r['tokens']['captions']} tokens of {', '.join(r['captions_files'])}.", "",
+           "| variant | tensors MB | WikiText-2 ppl | x base | captions ppl | x base | seconds to make |",
+           "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        out.append(f"| {row['variant']} | {row['tensor_mb']} | {row['wikitext2']} | "
+                   f"{row['wikitext2'] / base['wikitext2']:.2f} | {row['captions']} | "
+                   f"{row['captions'] / base['captions']:.2f} | {row['make_s']} |")
+    return "\n".join(out)
+
+
+PARTS = {"heldout": heldout}
+
+if __name__ == "__main__":
+    common.parts_cli("bench_llm_heldout.py", PARTS, main, markdown)
