@@ -118,6 +118,11 @@ def test_perplexity_equals_a_direct_computation(tokenizer):
     # with a sliding window, tokens are still scored exactly once
     short = perplexity(model, ids, context=16, stride=8)
     assert short > 0 and math.isfinite(short)
+    # eval.max_examples: the first N documents of the split
+    docs = [Text("the cat sat on the mat ."), Text("a dog ran in the park ."), Text("it rained all day .")]
+    task = LanguageModelingTask("t", {"train": docs, "test": docs}, context=64, stride=64)
+    first = perplexity(model, tokenizer("the cat sat on the mat .")["input_ids"], context=64, stride=64)
+    assert task.evaluate(model, tokenizer, "test", max_examples=1)["perplexity"] == pytest.approx(first, rel=1e-6)
 
 
 def test_embedding_evaluation_equals_a_direct_computation(tokenizer):

@@ -44,9 +44,10 @@ class LanguageModelingTask(Task):
     def default_split(self) -> str:
         return "test" if "test" in self.splits else "dev"
 
-    def stream(self, tokenizer: Any, split: str) -> list[int]:
+    def stream(self, tokenizer: Any, split: str, max_documents: int | None = None) -> list[int]:
         """The split's text as one token stream (documents joined by blank lines, as the HF guide does)."""
-        text = "\n\n".join(t.text for t in self.split(split))
+        docs = self.split(split)[:max_documents] if max_documents else self.split(split)
+        text = "\n\n".join(t.text for t in docs)
         return list(tokenizer(text)["input_ids"])
 
     def encode(self, tokenizer: Any, examples: Sequence[Text], max_len: int = 128, with_labels: bool = True) -> Any:
@@ -72,7 +73,7 @@ class LanguageModelingTask(Task):
 
     def evaluate(self, model: Any, tokenizer: Any, split: str = "test", max_len: int = 128,
                  max_examples: int | None = None) -> dict[str, float]:
-        ids = self.stream(tokenizer, split)
+        ids = self.stream(tokenizer, split, max_examples)  # an example is a document (a line of the file)
         if self.max_eval_tokens:
             ids = ids[: self.max_eval_tokens]
         return {"perplexity": perplexity(model, ids, self.context, self.stride)}
