@@ -46,11 +46,22 @@ def test_sigint_prints_the_resume_hint_and_exits_130(tiny):
     proc = subprocess.Popen([sys.executable, "-m", "slimformer", "profile", str(tiny / "model"), "--runs",
                              "10000000", "--seq-len", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(3)
+    # interrupt once the command body runs (it imports torch), however slowly a loaded machine starts Python
+    deadline = time.time() + (120 if Path("/proc/self/maps").exists() else 3)
+    while time.time() < deadline and proc.poll() is None and "libtorch" not in _maps(proc.pid):
+        time.sleep(0.2)
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted (re-run the same command to resume)" in err and "Traceback" not in err
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
 
 
 def test_read_only_destination_is_one_line(tiny, tmp_path, capsys, monkeypatch):

@@ -1,4 +1,4 @@
 """`python -m slimformer ...` (and `torchrun --nproc_per_node N -m slimformer finetune ...`)."""
-from .cli import main
+from .entry import console
 
-main()
+console()

@@ -13,6 +13,18 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 INTERRUPTED = "interrupted (re-run the same command to resume)"
 
 
+def console() -> NoReturn:
+    """The `slimformer` command and `python -m slimformer`: a Ctrl-C while the CLI is still importing exits like
+    one during a run (one line, 130), not with a traceback."""
+    try:
+        from .cli import main
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    main()
+    sys.exit(0)
+
+
 def _click_exceptions() -> Any:
     try:  # typer >= 0.24 vendors click
         from typer._click import exceptions
