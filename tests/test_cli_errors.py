@@ -53,7 +53,9 @@ def test_sigint_prints_the_resume_hint_and_exits_130(tiny):
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    # 130, or death by SIGINT after the hint (a Ctrl-C that lands inside torch's import on a loaded machine):
+    # a shell reports both as exit status 130
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "interrupted (re-run the same command to resume)" in err and "Traceback" not in err
 
 
