@@ -348,12 +348,18 @@ PARTS = {"prune": prune, "depth": depth, "speed": speed, "speed_head": speed_hea
 
 
 def main(parts: list[str]) -> None:
+    run_parts(RESULT, PARTS, parts, markdown)
+
+
+def run_parts(result: str, table: dict[str, Any], parts: list[str], show: Any) -> None:
+    """Run `parts` of `table` on THREADS threads, keeping the other parts' stored results in results/`result`.json."""
     torch.set_num_threads(THREADS)
-    payload = common.previous_parts(RESULT, set(PARTS) - set(parts))
+    payload = common.previous_parts(result, set(table) - set(parts))
+    header = {"threads": THREADS, "eval_tokens": EVAL_TOKENS, "calib_lines": CALIB, "calib_len": CALIB_LEN}
     for p in parts:
-        payload[p] = PARTS[p]()
-        print(f"wrote {common.write_result(RESULT, {'threads': THREADS, 'eval_tokens': EVAL_TOKENS, 'calib_lines': CALIB, 'calib_len': CALIB_LEN, **payload})}")
-    print(markdown())
+        payload[p] = table[p]()
+        print(f"wrote {common.write_result(result, {**header, **payload})}")
+    print(show())
 
 
 def markdown() -> str:

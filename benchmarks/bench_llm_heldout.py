@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 import bench_llm
 import common
-import torch
 
 RESULT = "llm_heldout"
 CAPTIONS = ("test_2016_flickr.en", "test_2017_flickr.en", "test_2017_mscoco.en")
@@ -87,12 +86,7 @@ def heldout() -> dict[str, Any]:
 
 
 def main(parts: list[str]) -> None:
-    torch.set_num_threads(bench_llm.THREADS)
-    payload = common.previous_parts(RESULT, set(PARTS) - set(parts))
-    for p in parts:
-        payload[p] = PARTS[p]()
-        print(f"wrote {common.write_result(RESULT, {'threads': bench_llm.THREADS, **payload})}")
-    print(markdown())
+    bench_llm.run_parts(RESULT, PARTS, parts, markdown)
 
 
 def markdown() -> str:

@@ -18,7 +18,6 @@ from typing import Any
 
 import bench_llm
 import common
-import torch
 
 RESULT = "llm_recovery"
 STEPS = int(os.environ.get("RECOVER_STEPS", "100"))
@@ -61,12 +60,7 @@ def _ppl(name: str, model: Any, tok: Any, task: Any) -> dict[str, Any]:
 
 
 def main(parts: list[str]) -> None:
-    torch.set_num_threads(bench_llm.THREADS)
-    payload = common.previous_parts(RESULT, set(PARTS) - set(parts))
-    for p in parts:
-        payload[p] = PARTS[p]()
-        print(f"wrote {common.write_result(RESULT, {'threads': bench_llm.THREADS, **payload})}")
-    print(markdown())
+    bench_llm.run_parts(RESULT, PARTS, parts, markdown)
 
 
 def markdown() -> str:
