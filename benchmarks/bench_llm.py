@@ -68,14 +68,14 @@ def prune() -> dict[str, Any]:
 
 def depth(drop: int = 6) -> dict[str, Any]:
     """Drop `drop` of the 30 layers by block influence (measured on the calibration batches) or the last ones."""
-    from slimformer.prune.layers import block_influence, keep_layers
+    from slimformer.prune.layers import block_influence, keep_layers, most_influential
 
     base, tok, task, batches = _setup()
     t0 = time.perf_counter()
     bi = block_influence(base, batches)
     secs = time.perf_counter() - t0
     n = len(bi)
-    by_bi = sorted(sorted(range(n), key=lambda i: -bi[i])[: n - drop])
+    by_bi = most_influential(bi, n - drop)
     rows = []
     for name, keep, s in ((f"block influence, drop {drop}", by_bi, secs), (f"last {drop} dropped", list(range(n - drop)), 0.0)):
         model = keep_layers(copy.deepcopy(base), keep)

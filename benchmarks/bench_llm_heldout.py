@@ -34,7 +34,7 @@ def _captions(tok: Any) -> list[int]:
 
 
 def _variants(tok: Any, batches: list, group: int = 32) -> dict[str, Callable[[Any], Any]]:
-    from slimformer.prune.layers import block_influence, keep_layers
+    from slimformer.prune.layers import block_influence, keep_layers, most_influential
     from slimformer.prune.oneshot import PruneOneShot, prune_oneshot
     from slimformer.quantize import QuantizeDynamic, QuantizeWeights, quantize_dynamic, quantize_weights
 
@@ -42,9 +42,15 @@ def _variants(tok: Any, batches: list, group: int = 32) -> dict[str, Callable[[A
         return lambda m: quantize_weights(m, QuantizeWeights(bits=4, group_size=group, method=method, guard=False,
                                                              **kw), batches)
 
+    def pruned(method: str) -> Callable[[Any], Any]:
+        def run(m: Any) -> Any:
+            prune_oneshot(m, PruneOneShot(method=method, sparsity=0.5), batches)
+            return m
+        return run
+
     def depth(m: Any, drop: int = 6) -> Any:
         bi = block_influence(m, batches)
-        return keep_layers(m, sorted(sorted(range(len(bi)), key=lambda i: -bi[i])[: len(bi) - drop]))
+        return keep_layers(m, most_influential(bi, len(bi) - drop))
 
     return {
         "base (dequantized Q4_1)": lambda m: m,
@@ -53,15 +59,10 @@ def _variants(tok: Any, batches: list, group: int = 32) -> dict[str, Callable[[A
             "gptq", act_order=True, grid="mse", sequential=True, lm_head="shared"),
         "smoothquant 0.5 + int8 dynamic (per-token)": lambda m: quantize_dynamic(
             m, QuantizeDynamic(backend="torch", smoothquant=0.5, activations="token", guard=False), tok, batches),
-        "sparsegpt 50%": lambda m: _pruned(m, PruneOneShot(method="sparsegpt", sparsity=0.5), batches, prune_oneshot),
-        "wanda 50%": lambda m: _pruned(m, PruneOneShot(method="wanda", sparsity=0.5), batches, prune_oneshot),
+        "sparsegpt 50%": pruned("sparsegpt"),
+        "wanda 50%": pruned("wanda"),
         "depth: 6 of 30 layers dropped by block influence": depth,
     }
-
-
-def _pruned(model: Any, cfg: Any, batches: list, prune: Any) -> Any:
-    prune(model, cfg, batches)
-    return model
 
 
 def heldout() -> dict[str, Any]:

@@ -27,12 +27,12 @@ BLOCK, BATCH, LR = 256, 4, 1e-4
 def depth_recover(drop: int = 6) -> dict[str, Any]:
     from slimformer.generation import generation_profile
     from slimformer.models import num_params
-    from slimformer.prune.layers import block_influence, keep_layers
+    from slimformer.prune.layers import block_influence, keep_layers, most_influential
     from slimformer.steps import Context, apply_step, parse_step
 
     base, tok, task, batches = bench_llm._setup()
     bi = block_influence(base, batches)
-    keep = sorted(sorted(range(len(bi)), key=lambda i: -bi[i])[: len(bi) - drop])
+    keep = most_influential(bi, len(bi) - drop)
     model = keep_layers(copy.deepcopy(base), keep)
     rows = [_ppl("base (dequantized Q4_1)", base, tok, task), _ppl(f"{drop} layers dropped, no recovery", model, tok, task)]
     work = common.CACHE / f"llm_recover_{STEPS}"

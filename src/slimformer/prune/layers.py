@@ -58,6 +58,11 @@ def layers_to_keep(n: int, keep: int, strategy: str) -> list[int]:
     return [i for i in range(n) if i not in dropped]
 
 
+def most_influential(bi: list[float], count: int) -> list[int]:
+    """The `count` layers of highest block influence, in model order (what drop_layers keeps)."""
+    return sorted(sorted(range(len(bi)), key=lambda i: -bi[i])[:count])
+
+
 @register_op("keep_layers")
 def _keep_layers(model: nn.Module, keep: list[int], stack: str | None = None) -> None:
     adapter = get_adapter(model)
@@ -108,7 +113,7 @@ def drop_layers(model: nn.Module, cfg: DropLayers, ctx: Context) -> nn.Module:
                                           ctx.max_len, seed=ctx.seed, model=model)
             bi = block_influence(model, batches, stack)
             ctx.note("block_influence", [round(b, 5) for b in bi])
-            keep = sorted(sorted(range(n), key=lambda i: -bi[i])[:count])
+            keep = most_influential(bi, count)
         else:
             keep = layers_to_keep(n, count, cfg.strategy)
     ctx.note("kept_layers", keep)

@@ -193,8 +193,11 @@ def _share_with_head(model: Any, nodes: list[Any], dropped: set[str]) -> int:
     for node in [n for n in nodes if n.op_type == "GatherBlockQuantized" and len(n.input) == 4]:
         data, scales, zero = (arr(node.input[i]) for i in (0, 2, 3))
         for head in heads:
+            b_init = inits.get(head.input[1])
+            if data is None or b_init is None or int(np.prod(b_init.dims)) != data.size:
+                continue  # sizes first: converting every MatMulNBits weight to numpy would read the whole model
             b = arr(head.input[1])
-            if (data is None or b is None or b.size != data.size or not np.array_equal(b.reshape(data.shape), data)
+            if (not np.array_equal(b.reshape(data.shape), data)
                     or not _same(arr(head.input[2]), scales) or not _same(arr(head.input[3]), zero)):
                 continue
             shape = f"{node.input[0]}_shape"

@@ -77,8 +77,7 @@ def _share_head_codes(model: nn.Module) -> None:
 def head_tied(model: nn.Module) -> bool:
     """The model's output layer shares its weight with the input embeddings (a tied LM head)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return head is not None and emb is not None and getattr(head, "weight", None) is getattr(emb, "weight", 0)
+    return head is not None and _ties_embedding(model, head)
 
 
 def untie_lm_head(model: nn.Module) -> str:
