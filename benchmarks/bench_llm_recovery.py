@@ -1,11 +1,13 @@
-"""Issue "Language models", a structured recipe with recovery: SmolLM2 with 6 of its 30 layers dropped by block
-influence (ShortGPT; the same calibration blocks and layers as bench_llm.py `depth`), then the `distill` step
+"""Issue "Language models", structured recipes with recovery. depth_recover: SmolLM2 with 6 of its 30 layers
+dropped by block influence (ShortGPT; the same calibration blocks and layers as bench_llm.py `depth`), then the `distill` step
 (token-level KL to the original model at temperature 1, no hard labels) on WikiText-2 valid text (the shipped
 WikiText-2 has no train split; valid is also the calibration text), for a stated budget of optimizer steps.
 Perplexity on the first 16,384 tokens of WikiText-2 test (context 1,024, stride 512) before and after recovery;
 prefill (512 tokens) and decode (32 tokens, KV cache) at batch 1 against the original model in the same run.
+width_recover: as many parameters removed as FFN channels (activation importance), the same recovery budget.
 
     RECOVER_STEPS=100 flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py depth_recover
+    RECOVER_STEPS=100 flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py width_recover
     python benchmarks/bench_llm_recovery.py markdown
 """
 from __future__ import annotations
@@ -25,30 +27,62 @@ BLOCK, BATCH, LR = 256, 4, 1e-4
 
 
 def depth_recover(drop: int = 6) -> dict[str, Any]:
-    from slimformer.generation import generation_profile
-    from slimformer.models import num_params
     from slimformer.prune.layers import block_influence, keep_layers, most_influential
-    from slimformer.steps import Context, apply_step, parse_step
 
     base, tok, task, batches = bench_llm._setup()
     bi = block_influence(base, batches)
     keep = most_influential(bi, len(bi) - drop)
     model = keep_layers(copy.deepcopy(base), keep)
-    rows = [_ppl("base (dequantized Q4_1)", base, tok, task), _ppl(f"{drop} layers dropped, no recovery", model, tok, task)]
-    work = common.CACHE / f"llm_recover_{STEPS}"
+    return {"kept": keep, **_recover(f"{drop} layers dropped", base, model, tok, task, f"llm_recover_{STEPS}")}
+
+
+def width_recover(drop: int = 6) -> dict[str, Any]:
+    """FFN channels of every layer pruned by activation importance (`prune_ffn criterion: activation`, the same
+    count per layer, a multiple of 8) until as many parameters are gone as dropping `drop` layers removes; then
+    the same recovery as depth_recover. Attention keeps its 3 key/value groups (a group is a third of it)."""
+    from slimformer.models import get_adapter
+    from slimformer.models.linear import in_features
+    from slimformer.steps import Context, apply_step, parse_step
+
+    base, tok, task, _ = bench_llm._setup()
+    ffns = get_adapter(base).ffn(base)
+    layer_params = sum(p.numel() for p in base.model.layers[0].parameters())
+    per_neuron = sum(in_features(u) for u in ffns[0].up) + ffns[0].down.weight.shape[0]
+    cut = 8 * round(drop * layer_params / (len(ffns) * per_neuron) / 8)
+    keep = ffns[0].width - cut
+    model = copy.deepcopy(base)
+    ctx = Context(tokenizer=tok, task=task, work_dir=common.CACHE / "llm_width", seed=0, max_len=BLOCK)
+    t0 = time.perf_counter()
+    model = apply_step(model, parse_step({"step": "prune_ffn", "keep_count": keep, "scope": "per_layer",
+                                          "criterion": "activation", "importance_examples": 64,
+                                          "batch_size": 8}, 0), ctx)
+    score_s = round(time.perf_counter() - t0, 1)
+    return {"ffn_kept_per_layer": keep, "ffn_width": ffns[0].width, "score_s": score_s,
+            **_recover(f"FFN {ffns[0].width} -> {keep} per layer (activation)", base, model, tok, task,
+                       f"llm_width_recover_{STEPS}")}
+
+
+def _recover(label: str, base: Any, model: Any, tok: Any, task: Any, work_name: str) -> dict[str, Any]:
+    """Perplexity before and after the stated recovery budget, then batch-1 speed against the base."""
+    from slimformer.generation import generation_profile
+    from slimformer.models import num_params
+    from slimformer.steps import Context, apply_step, parse_step
+
+    rows = [_ppl("base (dequantized Q4_1)", base, tok, task), _ppl(f"{label}, no recovery", model, tok, task)]
+    work = common.CACHE / work_name
     ctx = Context(tokenizer=tok, task=task, work_dir=work, teacher=base, seed=0, max_len=BLOCK, resume=work.exists())
     cfg = parse_step({"step": "distill", "kd": 1.0, "ce": 0.0, "temperature": 1.0, "lr": LR, "batch_size": BATCH,
                       "max_steps": STEPS, "epochs": 1.0, "save_steps": 25}, 0)
     t0 = time.perf_counter()
     model = apply_step(model, cfg, ctx)
     train_s = time.perf_counter() - t0
-    rows.append(_ppl(f"{drop} layers dropped + recovery ({STEPS} steps x {BATCH} x {BLOCK} tokens)", model, tok, task))
+    rows.append(_ppl(f"{label} + recovery ({STEPS} steps x {BATCH} x {BLOCK} tokens)", model, tok, task))
     model.eval()
     speed = []
     for name, m in (("base", base), ("recovered", model), ("base (repeat: drift check)", base)):
         speed.append({"variant": name, **generation_profile(m, tok, 512, 32, 1, bench_llm.THREADS, runs=3)})
         print(json.dumps(speed[-1]))
-    return {"kept": keep, "params": {"base": num_params(base), "pruned": num_params(model)}, "rows": rows,
+    return {"params": {"base": num_params(base), "pruned": num_params(model)}, "rows": rows,
             "speed": speed, "train_s": round(train_s, 1), "steps": STEPS, "batch": BATCH, "block": BLOCK, "lr": LR,
             "train_tokens": STEPS * BATCH * BLOCK}
 
@@ -64,9 +98,15 @@ def main(parts: list[str]) -> None:
 
 
 def markdown() -> str:
-    r = json.loads((common.RESULTS / f"{RESULT}.json").read_text())["depth_recover"]
+    res = json.loads((common.RESULTS / f"{RESULT}.json").read_text())
+    return "\n\n".join(_part_markdown(name, res[name]) for name in PARTS if name in res)
+
+
+def _part_markdown(name: str, r: dict[str, Any]) -> str:
     base = r["rows"][0]["perplexity"]
-    out = [f"Kept layers {r['kept']}; parameters {r['params']['base'] / 1e6:.1f}M -> {r['params']['pruned'] / 1e6:.1f}M; "
+    what = f"Kept layers {r['kept']}" if "kept" in r else f"FFN neurons kept per layer {r['ffn_kept_per_layer']} of " \
+        f"{r['ffn_width']} (scored in {r['score_s']} s)"
+    out = [f"**{name}**: {what}; parameters {r['params']['base'] / 1e6:.1f}M -> {r['params']['pruned'] / 1e6:.1f}M; "
            f"recovery: {r['steps']} steps of {r['batch']} x {r['block']} tokens ({r['train_tokens']:,} tokens), "
            f"lr {r['lr']}, {r['train_s'] / 60:.1f} min on {bench_llm.THREADS} threads.", "",
            "| variant | WikiText-2 test ppl | x base |", "|---|---|---|"]
@@ -80,7 +120,7 @@ def markdown() -> str:
     return "\n".join(out)
 
 
-PARTS = {"depth_recover": depth_recover}
+PARTS = {"depth_recover": depth_recover, "width_recover": width_recover}
 
 if __name__ == "__main__":
     common.parts_cli("bench_llm_recovery.py", PARTS, main, markdown)

@@ -22,7 +22,7 @@ WORDS = "the cat sat on a mat while two dogs ran in the park near old trees and 
 # step -> (recipe fields, {shape: None if it works, else a fragment of the refusal message})
 CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
     "prune_heads": ({"keep": 0.5, "importance_examples": 8, "batch_size": 4}, {}),
-    "prune_ffn": ({"keep": 0.5, "importance_examples": 8, "batch_size": 4}, {}),
+    "prune_ffn": ({"keep": 0.5, "importance_examples": 8, "batch_size": 4, "criterion": "activation"}, {}),
     "drop_layers": ({"keep": 1}, {"encoder-decoder": "name one with stack:"}),
     "make_student": ({"every": 2}, {}),
     "distill": ({"kd": 1, "ce": 0.5, "max_steps": 2, "batch_size": 4}, {}),

@@ -3,6 +3,8 @@
 - gradient (Michel et al. 2019): I = sum over batches of |d loss / d gate| with all gates at 1, on task
   training examples; optionally each layer's scores are divided by their L2 norm (as Michel et al. do), so
   a global ranking compares heads across layers on a common scale.
+- activation (forward passes only): the mean norm of what a unit adds to its block's output on examples
+  (activation_importance.py; Minitron's criterion for width pruning of LLMs).
 - magnitude (data-free fallback): the L2 norm of the weights a unit owns (its q/k/v rows and output columns
   for a head; its up row and down column for an FFN neuron).
 """
@@ -107,12 +109,17 @@ def normalize_per_layer(scores: Scores) -> Scores:
 def importance(model: nn.Module, kind: str, criterion: str, batches: list[dict[str, torch.Tensor]] | None = None,
                normalize: bool = True, task: Task | None = None, reference: list[torch.Tensor] | None = None,
                seed: int = 0) -> Scores:
-    """Scores per unit by the chosen criterion ('gradient' needs batches; 'embedding' sentence batches and the
+    """Scores per unit by the chosen criterion ('gradient' and 'activation' need batches; 'embedding' sentence batches and the
     unpruned model's embeddings of them, see embedding_importance.py)."""
     check(kind in ("heads", "ffn"), f"unknown unit kind '{kind}'")
     if criterion == "gradient":
         check(batches is not None, "gradient importance needs task data")
         scores = gradient_importance(model, batches or [], kind, task)
+    elif criterion == "activation":
+        from .activation_importance import activation_importance
+
+        check(batches is not None, "activation importance needs task data")
+        scores = activation_importance(model, batches or [], kind, task)
     elif criterion == "embedding":
         from .embedding_importance import embedding_importance
 
@@ -121,5 +128,5 @@ def importance(model: nn.Module, kind: str, criterion: str, batches: list[dict[s
     elif criterion == "magnitude":
         scores = magnitude_importance(model, kind)
     else:
-        raise SlimformerError(f"unknown importance criterion '{criterion}' (gradient | magnitude | embedding)")
+        raise SlimformerError(f"unknown importance criterion '{criterion}' (gradient | activation | magnitude | embedding)")
     return normalize_per_layer(scores) if normalize else scores

@@ -29,16 +29,17 @@ class StructuredPrune(StepConfig):
     keep: float | None = Field(None, description="fraction of units to keep, in (0, 1]")
     keep_count: int | None = Field(None, description="units to keep: in the whole model (global) or per layer")
     scope: Literal["global", "per_layer"] = "global"
-    criterion: Literal["gradient", "magnitude", "embedding"] = Field(
-        "gradient", description="gradient (of the task loss) | magnitude (no data) | embedding (a sentence "
-        "encoder: how far removing a unit moves its embeddings, no labels)")
+    criterion: Literal["gradient", "activation", "magnitude", "embedding"] = Field(
+        "gradient", description="gradient (of the task loss) | activation (forward only: each unit's mean "
+        "contribution to its block's output, Minitron) | magnitude (no data) | embedding (a sentence encoder: "
+        "how far removing a unit moves its embeddings, no labels)")
     texts: list[str] | None = Field(None, description="criterion embedding: sentence sources (text files, "
                                     "tables); default: the task's train sentences")
     rounds: int = Field(1, ge=1, le=50, description="iterative pruning in N rounds, re-scoring each round")
     recovery_epochs: float | None = Field(None, gt=0, description="fine-tune between rounds (not after the last)")
     recovery_examples: int | None = Field(None, ge=1, description="train examples per recovery fine-tune")
     recovery_lr: float = Field(5e-5, gt=0)
-    importance_examples: int = Field(512, ge=1, description="train examples scored for gradient importance")
+    importance_examples: int = Field(512, ge=1, description="train examples scored (gradient / activation)")
     batch_size: int = Field(32, ge=1)
     normalize: bool = Field(False, description="divide each layer's scores by their L2 norm first (Michel et al.); "
                             "off: units of all layers compete on raw gate sensitivity")
@@ -46,7 +47,7 @@ class StructuredPrune(StepConfig):
 
     @property
     def needs_data(self) -> bool:  # type: ignore[override]
-        return self.criterion == "gradient" or self.recovery_epochs is not None or \
+        return self.criterion in ("gradient", "activation") or self.recovery_epochs is not None or \
             (self.criterion == "embedding" and not self.texts)
 
     def preflight(self, model: nn.Module, task: Any) -> None:
@@ -133,7 +134,7 @@ def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.
     origin = {u: list(range(n)) for u, n in counts.items()}
     history = []
     batches, reference = None, None
-    if cfg.criterion == "gradient":  # the same examples every round (re-scored on the pruned model)
+    if cfg.criterion in ("gradient", "activation"):  # the same examples every round (re-scored each round)
         assert task is not None
         batches = importance_batches(tokenizer, task, cfg.importance_examples, max_len, cfg.batch_size, seed, model)
     elif cfg.criterion == "embedding":  # the same sentences every round, against the unpruned embeddings
