@@ -1,13 +1,14 @@
 """Issue "Language models", structured recipes with recovery. depth_recover: SmolLM2 with 6 of its 30 layers
-dropped by block influence (ShortGPT; the same calibration blocks and layers as bench_llm.py `depth`), then the `distill` step
-(token-level KL to the original model at temperature 1, no hard labels) on WikiText-2 valid text (the shipped
-WikiText-2 has no train split; valid is also the calibration text), for a stated budget of optimizer steps.
+dropped by block influence (ShortGPT; the same calibration blocks and layers as bench_llm.py `depth`), then the
+`distill` step (token-level KL to the original model at temperature 1, no hard labels) on WikiText-2 valid text
+(the shipped WikiText-2 has no train split; valid is also the calibration text), for a stated budget of steps.
 Perplexity on the first 16,384 tokens of WikiText-2 test (context 1,024, stride 512) before and after recovery;
 prefill (512 tokens) and decode (32 tokens, KV cache) at batch 1 against the original model in the same run.
 width_recover: as many parameters removed as FFN channels (activation importance), the same recovery budget.
 
     RECOVER_STEPS=100 flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py depth_recover
     RECOVER_STEPS=100 flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py width_recover
+    flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py structured_speed
     python benchmarks/bench_llm_recovery.py markdown
 """
 from __future__ import annotations
@@ -62,6 +63,44 @@ def width_recover(drop: int = 6) -> dict[str, Any]:
                        f"llm_width_recover_{STEPS}")}
 
 
+def structured_speed(rounds: int = 6) -> dict[str, Any]:
+    """Batch-1 speed of the two structured shapes at equal parameter count, interleaved in one run (speed does not
+    depend on the weights' values, so the shapes are cut from the base without training): the base, 24 of 30
+    layers, FFN 1536 -> 1128 per layer, and FFN -> 1152 (a multiple of 64, to see whether the width's alignment
+    matters). Each round times every model once (3 generations each); medians over rounds."""
+    import statistics
+
+    from slimformer.generation import generation_profile
+    from slimformer.models import iter_units, num_params
+    from slimformer.prune.ffn import keep_ffn
+    from slimformer.prune.layers import keep_layers
+
+    base, tok, _, _ = bench_llm._setup()
+    units = [u for u, _ in iter_units(base, "ffn")]
+    shapes = {"base": base, "24 of 30 layers": keep_layers(copy.deepcopy(base), list(range(24)))}
+    for width in (1128, 1152):
+        shapes[f"FFN {width} per layer"] = keep_ffn(copy.deepcopy(base), {u: list(range(width)) for u in units})
+    samples: dict[str, list[dict[str, Any]]] = {k: [] for k in shapes}
+    for r in range(rounds):
+        for name, m in shapes.items():
+            samples[name].append(generation_profile(m, tok, 512, 32, 1, bench_llm.THREADS, runs=3))
+        print(f"round {r + 1}/{rounds}", {k: (v[-1]["prefill_ms"], v[-1]["tokens_per_s"]) for k, v in samples.items()},
+              flush=True)
+    out = {}
+    for name, runs in samples.items():
+        out[name] = {"params": num_params(shapes[name]),
+                     "prefill_ms": round(statistics.median(x["prefill_ms"] for x in runs), 1),
+                     "prefill_ms_all": [x["prefill_ms"] for x in runs],
+                     "tokens_per_s": round(statistics.median(x["tokens_per_s"] for x in runs), 2),
+                     "tokens_per_s_all": [x["tokens_per_s"] for x in runs]}
+    ref = out["base"]
+    for v in out.values():
+        v["prefill_speedup"] = round(ref["prefill_ms"] / v["prefill_ms"], 2)
+        v["decode_speedup"] = round(v["tokens_per_s"] / ref["tokens_per_s"], 2)
+    print(json.dumps({k: (v["prefill_speedup"], v["decode_speedup"]) for k, v in out.items()}))
+    return {"rounds": rounds, "prompt_len": 512, "new_tokens": 32, "threads": bench_llm.THREADS, "shapes": out}
+
+
 def _recover(label: str, base: Any, model: Any, tok: Any, task: Any, work_name: str) -> dict[str, Any]:
     """Perplexity before and after the stated recovery budget, then batch-1 speed against the base."""
     from slimformer.generation import generation_profile
@@ -99,7 +138,15 @@ def main(parts: list[str]) -> None:
 
 def markdown() -> str:
     res = json.loads((common.RESULTS / f"{RESULT}.json").read_text())
-    return "\n\n".join(_part_markdown(name, res[name]) for name in PARTS if name in res)
+    out = [_part_markdown(name, res[name]) for name in ("depth_recover", "width_recover") if name in res]
+    if "structured_speed" in res:
+        r = res["structured_speed"]
+        rows = ["| shape (untrained cut, fp32, batch 1) | parameters | prefill 512 ms | x base | decode tokens/s "
+                "| x base |", "|---|---|---|---|---|---|"]
+        rows += [f"| {k} | {v['params'] / 1e6:.1f}M | {v['prefill_ms']:.0f} | {v['prefill_speedup']:.2f} | "
+                 f"{v['tokens_per_s']} | {v['decode_speedup']:.2f} |" for k, v in r["shapes"].items()]
+        out.append(f"**structured_speed** ({r['rounds']} interleaved rounds, medians):\n\n" + "\n".join(rows))
+    return "\n\n".join(out)
 
 
 def _part_markdown(name: str, r: dict[str, Any]) -> str:
@@ -120,7 +167,7 @@ def _part_markdown(name: str, r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-PARTS = {"depth_recover": depth_recover, "width_recover": width_recover}
+PARTS = {"depth_recover": depth_recover, "width_recover": width_recover, "structured_speed": structured_speed}
 
 if __name__ == "__main__":
     common.parts_cli("bench_llm_recovery.py", PARTS, main, markdown)
