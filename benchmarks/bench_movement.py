@@ -180,10 +180,14 @@ def paper_budget() -> dict[str, Any]:
 
 
 def part_paper(results: dict[str, Any]) -> dict[str, Any]:
-    """Magnitude vs hard movement at 10% remaining on the paper-shaped budget (labels only)."""
+    """Magnitude vs hard movement (scores from 0, and from magnitude) at 10% remaining on the paper-shaped
+    budget (labels only)."""
     b = paper_budget()
-    return _runs("paper", [(f"{v} 10% {b['steps']} steps labels only", dict(variant=v, sparsity=0.9, **b))
-                           for v in ("magnitude", "hard")], results)
+    specs = [(f"{v} 10% {b['steps']} steps labels only", dict(variant=v, sparsity=0.9, **b))
+             for v in ("magnitude", "hard")]
+    specs.append((f"hard, score_init magnitude 10% {b['steps']} steps labels only",
+                  dict(variant="hard", sparsity=0.9, score_init="magnitude", **b)))
+    return _runs("paper", specs, results)
 
 
 def part_block(results: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +309,8 @@ def markdown() -> str:
     if paper:
         out += ["", "| paper-shaped budget, labels only | steps | dev acc | remaining | train loss | train s |",
                 "|---|---|---|---|---|---|"]
-        out += [f"| {r['variant']} | {r['steps']} | {r['dev_acc']} | {100 * r['remaining']:.1f}% | "
+        out += [f"| {r['variant']}{', score_init magnitude' if 'score_init' in r.get('override', {}) else ''} | "
+                f"{r['steps']} | {r['dev_acc']} | {100 * r['remaining']:.1f}% | "
                 f"{r['train_loss']:.3f} | {r['train_s']:.0f} |" for r in paper]
     lat = d.get("latency", {})
     out += ["", "| model | start | dev acc | params | heads kept | FFN neurons kept | b1 speed-up | b32 speed-up |",

@@ -225,3 +225,24 @@ def test_an_interrupted_run_resumes_to_the_same_model(tiny_bert, tokenizer, tmp_
     assert str(info["train"]["resumed_from"]).endswith("checkpoint-2")
     for k, v in want.state_dict().items():
         torch.testing.assert_close(got.state_dict()[k], v, atol=1e-6, rtol=0)
+
+
+def test_magnitude_score_init_starts_from_magnitude_pruning():
+    """score_init magnitude: hard movement's first masks are magnitude pruning's (weights mode), and block scores
+    rank heads and neurons by the norm of the weights they own (as prune_heads / prune_ffn's magnitude does)."""
+    from slimformer.prune.importance import magnitude_importance
+
+    model, ref = tiny("bert"), tiny("bert")
+    plan = Plan("hard", build_groups(model, PruneMovement(sparsity=0.5)))
+    attach(model, plan, "magnitude")
+    plan.set_keep(0.25)
+    mag = _plan(ref, "magnitude", keep=0.25)
+    for name, m in plan.modules.items():
+        assert torch.equal(m.weight != 0, mag.modules[name].weight != 0)
+    model = tiny("llama")
+    plan = Plan("hard", build_groups(model, PruneMovement(sparsity=0.5, block=True)))
+    want = {**magnitude_importance(model, "heads"), **magnitude_importance(model, "ffn")}
+    attach(model, plan, "magnitude")
+    for g in plan.groups.values():
+        expect = want[g.unit] / want[g.unit].mean()
+        torch.testing.assert_close(plan.scores[g.key].detach(), expect, atol=1e-5, rtol=1e-5)

@@ -109,8 +109,8 @@ def normalize_per_layer(scores: Scores) -> Scores:
 def importance(model: nn.Module, kind: str, criterion: str, batches: list[dict[str, torch.Tensor]] | None = None,
                normalize: bool = True, task: Task | None = None, reference: list[torch.Tensor] | None = None,
                seed: int = 0) -> Scores:
-    """Scores per unit by the chosen criterion ('gradient' and 'activation' need batches; 'embedding' sentence batches and the
-    unpruned model's embeddings of them, see embedding_importance.py)."""
+    """Scores per unit by the chosen criterion ('gradient' and 'activation' need batches; 'embedding' sentence
+    batches and the unpruned model's embeddings of them, see embedding_importance.py)."""
     check(kind in ("heads", "ffn"), f"unknown unit kind '{kind}'")
     if criterion == "gradient":
         check(batches is not None, "gradient importance needs task data")
@@ -128,5 +128,6 @@ def importance(model: nn.Module, kind: str, criterion: str, batches: list[dict[s
     elif criterion == "magnitude":
         scores = magnitude_importance(model, kind)
     else:
-        raise SlimformerError(f"unknown importance criterion '{criterion}' (gradient | activation | magnitude | embedding)")
+        raise SlimformerError(f"unknown importance criterion '{criterion}' "
+                              "(gradient | activation | magnitude | embedding)")
     return normalize_per_layer(scores) if normalize else scores

@@ -54,6 +54,9 @@ class PruneMovement(Distill):
     block: bool = Field(False, description="score whole attention heads and FFN neurons, then remove the "
                         "emptied ones physically (Lagunas et al. 2021)")
     score_lr: float = Field(1e-2, gt=0, description="learning rate of the scores (weights: lr)")
+    score_init: Literal["zeros", "magnitude"] = Field("zeros", description="zeros: the paper's start | magnitude: "
+                                                      "scores start as each matrix's |W| / mean |W|, so the first "
+                                                      "masks are magnitude pruning's and movement adjusts them")
     regularization: float = Field(400.0, ge=0, description="soft: final lambda of the L1 term on sigmoid(scores)")
     prune_warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the run before pruning starts")
     prune_cooldown: float = Field(0.2, ge=0, lt=1, description="fraction of the run at the final sparsity")
@@ -199,7 +202,7 @@ def prune_movement(model: nn.Module, teacher: nn.Module | None, tokenizer: Any, 
     groups = build_groups(model, cfg)
     plan = Plan(cfg.variant, groups)
     before = sum(m.weight.numel() for m in prunable(model, None if cfg.block else cfg.include).values())
-    attach(model, plan)
+    attach(model, plan, cfg.score_init)
     kwargs = dict(plan=plan, score_lr=cfg.score_lr, regularization=cfg.regularization, final_keep=1 - cfg.sparsity)
     model, stats = distill(model, teacher, tokenizer, task, cfg, work_dir, seed, max_len, resume,
                            callbacks=[schedule_callback(plan, cfg)], trainer_cls=MovementTrainer,

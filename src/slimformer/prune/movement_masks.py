@@ -167,11 +167,28 @@ class MaskedWeight(nn.Module):
         return w * self.expand(self.plan.mask(self.group, w)).to(w.dtype)
 
 
-def attach(model: nn.Module, plan: Plan) -> None:
-    """Register the score tensors on the model and parametrize every target weight with its mask."""
+@torch.no_grad()
+def magnitude_init(group: Group, mods: dict[str, nn.Module]) -> torch.Tensor:
+    """Scores that rank like magnitude pruning: the L2 norm of the weights each score masks (|W| for one weight;
+    a head's or neuron's rows and columns in block mode), divided by their mean so every tensor starts at mean 1."""
+    sq = torch.zeros(group.shape).flatten()
+    index = torch.arange(sq.numel(), dtype=torch.float64).view(group.shape)
+    for name, expand in group.targets:
+        w = mods[name].weight.detach().float()
+        idx = expand(index).expand_as(w).reshape(-1).long()  # which score masks each weight
+        sq.index_add_(0, idx, w.pow(2).reshape(-1))
+    norm = sq.sqrt().view(group.shape)
+    return norm / norm.mean().clamp_min(1e-12)
+
+
+def attach(model: nn.Module, plan: Plan, init: str = "zeros") -> None:
+    """Register the score tensors on the model (initialised to 0 as in the paper, or by `magnitude_init`) and
+    parametrize every target weight with its mask."""
     mods = dict(model.named_modules())
     if plan.variant != "magnitude":
-        plan.scores = nn.ParameterDict({g.key: nn.Parameter(torch.zeros(g.shape)) for g in plan.groups.values()})
+        first = {g.key: magnitude_init(g, mods) if init == "magnitude" else torch.zeros(g.shape)
+                 for g in plan.groups.values()}
+        plan.scores = nn.ParameterDict({k: nn.Parameter(v) for k, v in first.items()})
         model.add_module(HOLDER, plan.scores)
     for g in plan.groups.values():
         for name, expand in g.targets:
