@@ -12,6 +12,11 @@ model as `teacher`); starting from a fine-tuned model works the same way.
   scores; tau set globally each step so the kept fraction follows the schedule), magnitude (top-k of |W| per
   matrix: gradual magnitude pruning on the same budget and schedule). Scores learn at `score_lr` (1e-2),
   weights at `lr` (3e-5), as in the reference code; see movement_masks.py for the rules and their sources.
+- `score_init`: zeros (the paper) or magnitude (scores start at |W| / mean |W|, so the first masks are
+  magnitude pruning's and the learned movement reorders them). From zeros the scores need thousands of steps
+  to carry more signal than noise (the paper's runs are tens of thousands of steps); on shorter budgets
+  zero-init top-k prunes almost at random and the model collapses, while magnitude-initialised hard movement
+  beat gradual magnitude on MiniLM SST-2 (docs/BENCHMARKS.md section 9).
 - schedule: nothing pruned for the first `prune_warmup` of the run, the cubic schedule to `sparsity`, then the
   final mask held for the last `prune_cooldown` (reference: 1 and 2 LR warm-up periods).
 - `block: true`: one score per head and per FFN neuron; the emptied heads and neurons are then removed with the
@@ -47,9 +52,9 @@ class PruneMovement(Distill):
     step: ClassVar[str] = "prune_movement"
     variant: Literal["hard", "soft", "magnitude"] = Field("hard", description="hard: top-k of learned scores | "
                                                           "soft: threshold + L1 on the scores | magnitude: |W| "
-                                                          "(hard and soft are experimental: on MiniLM SST-2 with "
-                                                          "a few hundred steps they did not beat magnitude at 10%, "
-                                                          "docs/BENCHMARKS.md section 9)")
+                                                          "(hard and soft from zero scores are experimental: on "
+                                                          "MiniLM SST-2 with up to 865 steps they collapsed; use "
+                                                          "score_init: magnitude, docs/BENCHMARKS.md section 9)")
     sparsity: float = Field(..., description="fraction of the included weights pruned at the end, in (0, 1)")
     block: bool = Field(False, description="score whole attention heads and FFN neurons, then remove the "
                         "emptied ones physically (Lagunas et al. 2021)")
