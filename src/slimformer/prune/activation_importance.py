@@ -6,7 +6,8 @@ head's slice of the attention context). This is the activation criterion of widt
 Muralidharan et al. 2024, score heads and neurons by their activations on a small calibration set) with the
 unit's output weights folded in, as Wanda does for single weights, so a unit with large activations but tiny
 output weights is not kept for nothing. Under grouped-query attention a key/value group's score is the sum over
-its query heads (the group is what is pruned). Padding tokens (attention_mask 0) are not counted.
+its query heads (the group is what is pruned). Padding tokens (attention_mask 0) are not counted where the
+hooked positions are the input's (an encoder-decoder's decoder positions all count).
 """
 from __future__ import annotations
 
