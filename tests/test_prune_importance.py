@@ -85,7 +85,8 @@ def test_activation_importance_is_each_units_output_contribution(family):
             finally:
                 hook.remove()
             full = outs[0]
-            w = mask if tuple(mask.shape) == tuple(full.shape[:-1]) else torch.ones(full.shape[:-1])
+            decoder_side = model.config.is_encoder_decoder and u.unit.startswith("decoder")
+            w = mask if not decoder_side else torch.ones(full.shape[:-1])
             expect = [float(((full - o).norm(dim=-1) * w).sum() / w.sum()) for o in outs[1:]]
             group = u.group if kind == "heads" else 1
             got = [float(scores[u.unit][0]), float(scores[u.unit][-1])]

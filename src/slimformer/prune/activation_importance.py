@@ -6,8 +6,8 @@ head's slice of the attention context). This is the activation criterion of widt
 Muralidharan et al. 2024, score heads and neurons by their activations on a small calibration set) with the
 unit's output weights folded in, as Wanda does for single weights, so a unit with large activations but tiny
 output weights is not kept for nothing. Under grouped-query attention a key/value group's score is the sum over
-its query heads (the group is what is pruned). Padding tokens (attention_mask 0) are not counted where the
-hooked positions are the input's (an encoder-decoder's decoder positions all count).
+its query heads (the group is what is pruned). Padding tokens (attention_mask 0) are not counted, except in an
+encoder-decoder's decoder, whose positions all count.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _token_weights(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def _ffn_hook(acc: dict[str, Any], out_norm: torch.Tensor, state: dict[str, Any]) -> Any:
     def pre(_m: nn.Module, args: tuple[Any, ...]) -> None:
         h = args[0].detach().float()
-        w = _token_weights(h, state.get("mask"))
+        w = _token_weights(h, state.get("mask") if acc["masked"] else None)
         acc["sum"] += (h.abs() * w[..., None]).reshape(-1, h.shape[-1]).sum(0) * out_norm
         acc["n"] += float(w.sum())
 
@@ -45,7 +45,7 @@ def _head_hook(acc: dict[str, Any], w_o: torch.Tensor, heads: int, head_dim: int
 
     def pre(_m: nn.Module, args: tuple[Any, ...]) -> None:
         c = args[0].detach().float()
-        w = _token_weights(c, state.get("mask")).reshape(-1)
+        w = _token_weights(c, state.get("mask") if acc["masked"] else None).reshape(-1)
         c = c.reshape(-1, heads, head_dim)  # [tokens, heads, d]
         contrib = torch.einsum("thd,ohd->tho", c, per_head).norm(dim=-1)  # [tokens, heads]
         acc["sum"] += (contrib * w[:, None]).sum(0)
@@ -66,17 +66,20 @@ def activation_importance(model: nn.Module, batches: list[dict[str, torch.Tensor
     accs: dict[str, dict[str, Any]] = {}
     handles = []
     was_training = model.training
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     model.eval()
     try:
         if kind == "heads":
             for a in adapter.attention(model):
-                accs[a.unit] = {"sum": torch.zeros(a.heads), "n": 0.0}
+                accs[a.unit] = {"sum": torch.zeros(a.heads), "n": 0.0,
+                                "masked": not (seq2seq and str(a.unit).startswith("decoder"))}
                 w_o = weight_oi(a.o).detach().float()
                 handles.append(a.o.register_forward_pre_hook(_head_hook(accs[a.unit], w_o, a.heads, a.head_dim,
                                                                         state)))
         else:
             for f in adapter.ffn(model):
-                accs[f.unit] = {"sum": torch.zeros(f.width), "n": 0.0}
+                accs[f.unit] = {"sum": torch.zeros(f.width), "n": 0.0,
+                                "masked": not (seq2seq and str(f.unit).startswith("decoder"))}
                 out_norm = weight_oi(f.down).detach().float().norm(dim=0)
                 handles.append(f.down.register_forward_pre_hook(_ffn_hook(accs[f.unit], out_norm, state)))
         for batch in batches:
