@@ -190,6 +190,16 @@ def part_paper(results: dict[str, Any]) -> dict[str, Any]:
     return _runs("paper", specs, results)
 
 
+def part_short(results: dict[str, Any]) -> dict[str, Any]:
+    """The main part's 120-step budget, labels only: magnitude, hard from zero, hard and soft from magnitude."""
+    labels = dict(kd=0.0, ce=1.0, cache_teacher=False)
+    specs = [("magnitude 10% 120 steps labels only", dict(variant="magnitude", sparsity=0.9, **labels)),
+             ("hard 10% 120 steps labels only", dict(variant="hard", sparsity=0.9, **labels))]
+    specs += [(f"{v}, score_init magnitude 10% 120 steps labels only",
+               dict(variant=v, sparsity=0.9, score_init="magnitude", **labels)) for v in ("hard", "soft")]
+    return _runs("short", specs, results)
+
+
 def part_block(results: dict[str, Any]) -> dict[str, Any]:
     s = SETTINGS["block_sparsity"]
     out = _runs("block", [(f"block hard {int(round((1 - s) * 100))}% heads+ffn", dict(variant="hard", sparsity=s,
@@ -254,11 +264,11 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
     return {"sizes": sizes, "kernel": curve}
 
 
-PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "block": part_block, "latency": part_latency,
+PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "short": part_short, "block": part_block, "latency": part_latency,
          "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse}
 
 
-LABELS_ONLY = {"paper"}  # parts that never use the teacher (it is not fine-tuned for them)
+LABELS_ONLY = {"paper", "short"}  # parts that never use the teacher (it is not fine-tuned for them)
 
 
 def main(parts: list[str]) -> None:
@@ -305,9 +315,9 @@ def markdown() -> str:
                 if key(r) == (rem, steps, seed)}
         out.append(f"| {100 * rem:.0f}% | {steps} | {seed} | " + " | ".join(cell.get(v, "not run") for v in METHODS)
                    + " |")
-    paper = [r for r in d.get("paper", {}).get("rows", []) if "dev_acc" in r]
+    paper = [r for p in ("short", "paper") for r in d.get(p, {}).get("rows", []) if "dev_acc" in r]
     if paper:
-        out += ["", "| paper-shaped budget, labels only | steps | dev acc | remaining | train loss | train s |",
+        out += ["", "| labels only | steps | dev acc | remaining | train loss | train s |",
                 "|---|---|---|---|---|---|"]
         out += [f"| {r['variant']}{', score_init magnitude' if 'score_init' in r.get('override', {}) else ''} | "
                 f"{r['steps']} | {r['dev_acc']} | {100 * r['remaining']:.1f}% | "
