@@ -3,6 +3,7 @@
 
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \
         benchmarks/bench_movement.py main block latency sparse long   # measured; curve, seeds: not run yet
+    ... benchmarks/bench_movement.py paper short                     # labels only: no teacher needed
 
 Each part merges its figures into benchmarks/results/movement_sst2.json (rows are written as they finish).
 Budget (SETTINGS): every unstructured model and the first block model are fine-pruned from the pre-trained packaged
@@ -264,8 +265,8 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
     return {"sizes": sizes, "kernel": curve}
 
 
-PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "short": part_short, "block": part_block, "latency": part_latency,
-         "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse}
+PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "short": part_short, "block": part_block,
+         "latency": part_latency, "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse}
 
 
 LABELS_ONLY = {"paper", "short"}  # parts that never use the teacher (it is not fine-tuned for them)
