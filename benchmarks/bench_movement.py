@@ -33,6 +33,7 @@ if os.environ.get("BENCH_SMOKE"):  # a few steps of every part, to check the scr
     SETTINGS.update(steps=2, latency_budget_s=1.0, kernel_budget_s=0.2, eval_examples=32)
     WORK, NAME = WORK.with_name("bench_movement_smoke"), "movement_sst2_smoke"
 METHODS = ("magnitude", "hard", "soft")
+LABELS = dict(kd=0.0, ce=1.0, cache_teacher=False)  # fine_prune overrides for a run on the labels alone
 _STATE: dict[str, Any] = {}
 
 
@@ -177,7 +178,7 @@ def paper_budget() -> dict[str, Any]:
     epochs = float(os.environ.get("PAPER_EPOCHS", "4"))
     steps = 2 if os.environ.get("BENCH_SMOKE") else round(epochs * 6920 / SETTINGS["batch"])
     return dict(steps=steps, prune_warmup=round(1 / epochs, 4), prune_cooldown=round(1 / epochs, 4),
-                warmup_ratio=round(1 / epochs, 4), lr=5e-5, kd=0.0, ce=1.0, cache_teacher=False)
+                warmup_ratio=round(1 / epochs, 4), lr=5e-5, **LABELS)
 
 
 def part_paper(results: dict[str, Any]) -> dict[str, Any]:
@@ -193,11 +194,10 @@ def part_paper(results: dict[str, Any]) -> dict[str, Any]:
 
 def part_short(results: dict[str, Any]) -> dict[str, Any]:
     """The main part's 120-step budget, labels only: magnitude, hard from zero, hard and soft from magnitude."""
-    labels = dict(kd=0.0, ce=1.0, cache_teacher=False)
-    specs = [("magnitude 10% 120 steps labels only", dict(variant="magnitude", sparsity=0.9, **labels)),
-             ("hard 10% 120 steps labels only", dict(variant="hard", sparsity=0.9, **labels))]
+    specs = [("magnitude 10% 120 steps labels only", dict(variant="magnitude", sparsity=0.9, **LABELS)),
+             ("hard 10% 120 steps labels only", dict(variant="hard", sparsity=0.9, **LABELS))]
     specs += [(f"{v}, score_init magnitude 10% 120 steps labels only",
-               dict(variant=v, sparsity=0.9, score_init="magnitude", **labels)) for v in ("hard", "soft")]
+               dict(variant=v, sparsity=0.9, score_init="magnitude", **LABELS)) for v in ("hard", "soft")]
     return _runs("short", specs, results)
 
 
