@@ -64,7 +64,7 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
     teacher, tok, t = _STATE.get("teacher"), _STATE["tok"], _STATE["task"]
     model = clone(teacher) if start == "teacher" else models.load("minilm", task=t)[0]
     seed = SETTINGS["seed"] if seed is None else seed
-    steps = steps or SETTINGS["steps"]
+    steps = SETTINGS["steps"] if os.environ.get("BENCH_SMOKE") else steps or SETTINGS["steps"]
     fields = dict(variant=variant, sparsity=sparsity, block=block, max_steps=steps, batch_size=SETTINGS["batch"],
                   lr=SETTINGS["lr"], score_lr=SETTINGS["score_lr"], kd=SETTINGS["kd"], ce=SETTINGS["ce"],
                   temperature=SETTINGS["temperature"], cache_teacher=True, save_steps=steps)
@@ -91,6 +91,11 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
            "start": start, "dev_acc": accuracy(model, tok, t), "remaining": info["remaining"],
            "params": num_params(model), "train_s": wall, "train_loss": info["train"].get("train_loss"),
            "dir": str(out), **({"override": override} if override else {})}
+    if t.name != "sst2":  # every metric of the task, on dev and (where it has one) test
+        from slimformer.evaluate import evaluate_task
+
+        row["scores"] = {sp: {k: round(100 * v, 2) for k, v in evaluate_task(model, tok, t, sp, SETTINGS[
+            "eval_max_len"]).items()} for sp in ("dev", "test") if sp in t.splits}
     if block:
         row.update(heads_kept=sum(info["heads_kept"].values()), ffn_kept=sum(info["ffn_kept"].values()))
     print({k: v for k, v in row.items() if k != "dir"}, flush=True)
@@ -201,6 +206,54 @@ def part_short(results: dict[str, Any]) -> dict[str, Any]:
     return _runs("short", specs, results)
 
 
+def _labels_grid(remaining: list[float], seed: int | None = None, steps: int = 120,
+                 skip: tuple[tuple[float, int | None], ...] = ((0.10, None),)) -> list[tuple[str, dict[str, Any]]]:
+    """Labels-only runs: gradual magnitude, hard and soft movement with magnitude-initialised scores (the 10%
+    point of seed 42 at 120 steps is in the `short` part already)."""
+    tag = "" if seed is None else f" seed {seed}"
+    out = []
+    for r in remaining:
+        if (r, seed) in skip and steps == 120:
+            continue
+        for v in METHODS:
+            init = {} if v == "magnitude" else {"score_init": "magnitude"}
+            pct = int(round(r * 100))
+            name = f"{v}{', score_init magnitude' if init else ''} {pct}% {steps} steps labels only{tag}"
+            out.append((name, dict(variant=v, sparsity=round(1 - r, 4), seed=seed, steps=steps, **init, **LABELS)))
+    return out
+
+
+def part_labels_curve(results: dict[str, Any]) -> dict[str, Any]:
+    """The curve 50/30/10/5% remaining at 120 steps, labels only, and a second seed at 10%."""
+    return _runs("labels_curve", _labels_grid([0.50, 0.30, 0.05]) + _labels_grid([0.10], seed=43), results)
+
+
+def part_mrpc(results: dict[str, Any]) -> dict[str, Any]:
+    """The same comparison on MRPC (3,668 training pairs; 2 epochs = 230 steps), labels only, 30% and 10% left,
+    scored on the dev pairs (408) and the MSR test pairs (1,725)."""
+    from common import task
+
+    sst2 = _STATE["task"]
+    _STATE["task"] = task("mrpc")
+    try:
+        specs = [(n + " mrpc", kw) for n, kw in _labels_grid([0.30, 0.10], steps=230, skip=())
+                 if kw["variant"] != "soft"]
+        return _runs("mrpc", specs, results)
+    finally:
+        _STATE["task"] = sst2
+
+
+def part_block_init(results: dict[str, Any]) -> dict[str, Any]:
+    """Block hard movement with magnitude-initialised scores (heads and neurons by weight norm first), distilled,
+    from the teacher and from the pre-trained minilm: the block part's budget otherwise."""
+    s = SETTINGS["block_sparsity"]
+    k = int(round((1 - s) * 100))
+    return _runs("block_init", [(f"block hard {k}% heads+ffn score_init magnitude from teacher",
+                                 dict(variant="hard", sparsity=s, block=True, start="teacher", score_init="magnitude")),
+                                (f"block hard {k}% heads+ffn score_init magnitude",
+                                 dict(variant="hard", sparsity=s, block=True, score_init="magnitude"))], results)
+
+
 def part_block(results: dict[str, Any]) -> dict[str, Any]:
     s = SETTINGS["block_sparsity"]
     out = _runs("block", [(f"block hard {int(round((1 - s) * 100))}% heads+ffn", dict(variant="hard", sparsity=s,
@@ -219,7 +272,7 @@ def part_latency(results: dict[str, Any]) -> dict[str, Any]:
     from slimformer.bench import compare_latency
 
     cands: dict[str, Any] = {"teacher": _STATE["teacher"]}
-    for r in results.get("block", {}).get("rows", []):
+    for r in results.get("block", {}).get("rows", []) + results.get("block_init", {}).get("rows", []):
         if "dir" in r:
             cands[r["model"]] = models.load(r["dir"])[0]
     out: dict[str, Any] = {}
@@ -266,10 +319,12 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
 
 
 PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "short": part_short, "block": part_block,
-         "latency": part_latency, "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse}
+         "latency": part_latency, "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse,
+         "labels_curve": part_labels_curve, "mrpc": part_mrpc, "block_init": part_block_init}
 
 
-LABELS_ONLY = {"paper", "short"}  # parts that never use the teacher (it is not fine-tuned for them)
+# parts that never use the teacher (it is not fine-tuned for them)
+LABELS_ONLY = {"paper", "short", "labels_curve", "mrpc"}
 
 
 def main(parts: list[str]) -> None:
