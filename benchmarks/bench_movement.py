@@ -248,10 +248,14 @@ def part_block_init(results: dict[str, Any]) -> dict[str, Any]:
     from the teacher and from the pre-trained minilm: the block part's budget otherwise."""
     s = SETTINGS["block_sparsity"]
     k = int(round((1 - s) * 100))
-    return _runs("block_init", [(f"block hard {k}% heads+ffn score_init magnitude from teacher",
-                                 dict(variant="hard", sparsity=s, block=True, start="teacher", score_init="magnitude")),
-                                (f"block hard {k}% heads+ffn score_init magnitude",
-                                 dict(variant="hard", sparsity=s, block=True, score_init="magnitude"))], results)
+    out = _runs("block_init", [(f"block hard {k}% heads+ffn score_init magnitude from teacher",
+                                dict(variant="hard", sparsity=s, block=True, start="teacher", score_init="magnitude")),
+                               (f"block hard {k}% heads+ffn score_init magnitude",
+                                dict(variant="hard", sparsity=s, block=True, score_init="magnitude"))], results)
+    if not any(r["model"].startswith("prune_heads") for r in out["rows"]):  # the baseline, on this run's teacher
+        out["rows"].append(structured_baseline(1 - s))
+        write_result(NAME, {"settings": SETTINGS, **results})
+    return out
 
 
 def part_block(results: dict[str, Any]) -> dict[str, Any]:
@@ -273,7 +277,7 @@ def part_latency(results: dict[str, Any]) -> dict[str, Any]:
 
     cands: dict[str, Any] = {"teacher": _STATE["teacher"]}
     for r in results.get("block", {}).get("rows", []) + results.get("block_init", {}).get("rows", []):
-        if "dir" in r:
+        if "dir" in r and os.path.isdir(r["dir"]):  # models of an earlier machine are gone: not timed
             cands[r["model"]] = models.load(r["dir"])[0]
     out: dict[str, Any] = {}
     for b in (1, 32):
