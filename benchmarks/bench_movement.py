@@ -49,7 +49,19 @@ def _slug(name: str) -> str:
 
 
 def _teacher_cache() -> Any:
-    return CACHE / "work" / "bench_movement" / "teacher_logits.safetensors"  # shared by the smoke run
+    """The cached teacher logits of the current task's train set (shared by the smoke run)."""
+    name = _STATE["task"].name
+    return CACHE / "work" / "bench_movement" / f"teacher_logits{'' if name == 'sst2' else '_' + name}.safetensors"
+
+
+def _scores(model: Any, tok: Any, t: Any) -> dict[str, Any]:
+    """Every metric of a task other than SST-2, on dev and (where it has one) test, in points."""
+    from slimformer.evaluate import evaluate_task
+
+    if t.name == "sst2":
+        return {}
+    return {"scores": {sp: {k: round(100 * v, 2) for k, v in evaluate_task(model, tok, t, sp, SETTINGS[
+        "eval_max_len"]).items()} for sp in ("dev", "test") if sp in t.splits}}
 
 
 def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, seed: int | None = None,
@@ -91,25 +103,21 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
            "start": start, "dev_acc": accuracy(model, tok, t), "remaining": info["remaining"],
            "params": num_params(model), "train_s": wall, "train_loss": info["train"].get("train_loss"),
            "dir": str(out), **({"override": override} if override else {})}
-    if t.name != "sst2":  # every metric of the task, on dev and (where it has one) test
-        from slimformer.evaluate import evaluate_task
-
-        row["scores"] = {sp: {k: round(100 * v, 2) for k, v in evaluate_task(model, tok, t, sp, SETTINGS[
-            "eval_max_len"]).items()} for sp in ("dev", "test") if sp in t.splits}
+    row.update(_scores(model, tok, t))
     if block:
         row.update(heads_kept=sum(info["heads_kept"].values()), ffn_kept=sum(info["ffn_kept"].values()))
     print({k: v for k, v in row.items() if k != "dir"}, flush=True)
     return row
 
 
-def structured_baseline(keep: float) -> dict[str, Any]:
+def structured_baseline(keep: float, suffix: str = "") -> dict[str, Any]:
     """prune_heads + prune_ffn (gradient importance, global) on the teacher, then the same distillation budget."""
     import slimformer as sf
     from slimformer.distill.step import Distill, distill
     from slimformer.models.io import clone, num_params
 
     teacher, tok, t = _STATE["teacher"], _STATE["tok"], _STATE["task"]
-    name = f"prune_heads+prune_ffn keep {keep}"
+    name = f"prune_heads+prune_ffn keep {keep}{suffix}"
     work = WORK / "train" / _slug(name)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -128,7 +136,7 @@ def structured_baseline(keep: float) -> dict[str, Any]:
     out = WORK / "models" / _slug(name)
     sf.save(model, tok, out)
     row = {"model": name, "start": "teacher", "dev_acc": accuracy(model, tok, t), "params": num_params(model),
-           "train_s": wall, "dir": str(out)}
+           "train_s": wall, "dir": str(out), **_scores(model, tok, t)}
     print({k: v for k, v in row.items() if k != "dir"}, flush=True)
     return row
 
@@ -228,21 +236,6 @@ def part_labels_curve(results: dict[str, Any]) -> dict[str, Any]:
     return _runs("labels_curve", _labels_grid([0.50, 0.30, 0.05]) + _labels_grid([0.10], seed=43), results)
 
 
-def part_mrpc(results: dict[str, Any]) -> dict[str, Any]:
-    """The same comparison on MRPC (3,668 training pairs; 2 epochs = 230 steps), labels only, 30% and 10% left,
-    scored on the dev pairs (408) and the MSR test pairs (1,725)."""
-    from common import task
-
-    sst2 = _STATE["task"]
-    _STATE["task"] = task("mrpc")
-    try:
-        specs = [(n + " mrpc", kw) for n, kw in _labels_grid([0.30, 0.10], steps=230, skip=())
-                 if kw["variant"] != "soft"]
-        return _runs("mrpc", specs, results)
-    finally:
-        _STATE["task"] = sst2
-
-
 def part_block_init(results: dict[str, Any]) -> dict[str, Any]:
     """Block hard movement with magnitude-initialised scores (heads and neurons by weight norm first), distilled,
     from the teacher and from the pre-trained minilm: the block part's budget otherwise."""
@@ -324,11 +317,11 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
 
 PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "short": part_short, "block": part_block,
          "latency": part_latency, "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse,
-         "labels_curve": part_labels_curve, "mrpc": part_mrpc, "block_init": part_block_init}
+         "labels_curve": part_labels_curve, "block_init": part_block_init}
 
 
 # parts that never use the teacher (it is not fine-tuned for them)
-LABELS_ONLY = {"paper", "short", "labels_curve", "mrpc"}
+LABELS_ONLY = {"paper", "short", "labels_curve"}
 
 
 def main(parts: list[str]) -> None:

@@ -1,0 +1,84 @@
+"""Movement pruning on a second task, MRPC (3,668 training pairs), so the SST-2 result is not one task's luck.
+
+    flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \
+        benchmarks/bench_movement_mrpc.py labels block
+
+- `labels`: fine-pruned from the pre-trained packaged `minilm` on the labels alone, 230 steps (2 epochs) of
+  batch 32, lr 1e-4, scores lr 1e-2, 10% pruning warm-up / 20% cool-down: gradual magnitude vs hard movement
+  with magnitude-initialised scores, at 30% and 10% of the encoder Linears' weights left.
+- `block`: block hard movement (magnitude-initialised) vs prune_heads + prune_ffn (gradient importance), half of
+  the heads and FFN neurons, both from the MRPC teacher (trained once with benchmarks/common.py's recipe if not
+  cached) and distilled with bench_movement.py's 120-step budget (kd 1 + ce 0.5, T 2).
+
+Accuracy and F1 on dev (408 pairs) and on the MSR paraphrase test set (1,725 pairs), max_len 128, seed 42.
+Results: benchmarks/results/movement_mrpc.json. Latency is not measured here: the block models have the same
+shapes as the SST-2 ones (bench_movement.py latency).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import bench_movement as bm
+from common import RESULTS, parts_cli, previous_parts, task, teacher, write_result
+
+bm.NAME = "movement_mrpc_smoke" if os.environ.get("BENCH_SMOKE") else "movement_mrpc"
+
+
+def part_labels(results: dict[str, Any]) -> dict[str, Any]:
+    specs = [(n + " mrpc", kw) for n, kw in bm._labels_grid([0.30, 0.10], steps=230, skip=())
+             if kw["variant"] != "soft"]
+    return bm._runs("labels", specs, results)
+
+
+def part_block(results: dict[str, Any]) -> dict[str, Any]:
+    s = bm.SETTINGS["block_sparsity"]
+    out = bm._runs("block", [("block hard 50% heads+ffn score_init magnitude from teacher mrpc",
+                              dict(variant="hard", sparsity=s, block=True, start="teacher",
+                                   score_init="magnitude"))], results)
+    if not any(r["model"].startswith("prune_heads") for r in out["rows"]):
+        out["rows"].append(bm.structured_baseline(1 - s, " mrpc"))
+        write_result(bm.NAME, {"settings": bm.SETTINGS, **results})
+    return out
+
+
+PARTS = {"labels": part_labels, "block": part_block}
+
+
+def main(parts: list[str]) -> None:
+    from slimformer import models
+
+    results = previous_parts(bm.NAME, set(PARTS) | {"teacher"})
+    t = task("mrpc")
+    bm._STATE.update(tok=models.load("minilm")[1], task=t)
+    if "block" in parts:
+        model, tok = teacher("mrpc")
+        bm._STATE.update(teacher=model.eval(), tok=tok)
+        results["teacher"] = {"model": "teacher", **bm._scores(model, tok, t)}
+    for p in parts:
+        t0 = time.perf_counter()
+        results[p] = PARTS[p](results)
+        results[p]["part_wall_s"] = round(time.perf_counter() - t0, 1)
+        write_result(bm.NAME, {"settings": bm.SETTINGS, **results})
+    print(markdown())
+
+
+def markdown() -> str:
+    d = json.loads((RESULTS / f"{bm.NAME}.json").read_text())
+    out = ["| model | steps | remaining | dev acc | dev F1 | test acc | test F1 | params |",
+           "|---|---|---|---|---|---|---|---|"]
+    rows = [d.get("teacher", {})] + [r for p in PARTS for r in d.get(p, {}).get("rows", [])]
+    for r in rows:
+        if "scores" not in r:
+            continue
+        sc = r["scores"]
+        rem = f"{100 * r['remaining']:.1f}%" if "remaining" in r else ""
+        out.append(f"| {r['model']} | {r.get('steps', '')} | {rem} | {sc['dev']['accuracy']} | {sc['dev']['f1']} | "
+                   f"{sc['test']['accuracy']} | {sc['test']['f1']} | {r.get('params', '')} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    parts_cli("bench_movement_mrpc.py", PARTS, main, markdown)
