@@ -79,7 +79,8 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
     steps = SETTINGS["steps"] if os.environ.get("BENCH_SMOKE") else steps or SETTINGS["steps"]
     fields = dict(variant=variant, sparsity=sparsity, block=block, max_steps=steps, batch_size=SETTINGS["batch"],
                   lr=SETTINGS["lr"], score_lr=SETTINGS["score_lr"], kd=SETTINGS["kd"], ce=SETTINGS["ce"],
-                  temperature=SETTINGS["temperature"], cache_teacher=True, save_steps=steps)
+                  temperature=SETTINGS["temperature"], cache_teacher=True, save_steps=steps,
+                  score_init="zeros")  # the paper's start (the step's default is magnitude since 2026-12-02)
     fields.update(override)
     cfg = PruneMovement(**fields)
     labels_only = not cfg.kd

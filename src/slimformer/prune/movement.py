@@ -12,11 +12,12 @@ model as `teacher`); starting from a fine-tuned model works the same way.
   scores; tau set globally each step so the kept fraction follows the schedule), magnitude (top-k of |W| per
   matrix: gradual magnitude pruning on the same budget and schedule). Scores learn at `score_lr` (1e-2),
   weights at `lr` (3e-5), as in the reference code; see movement_masks.py for the rules and their sources.
-- `score_init`: zeros (the paper) or magnitude (scores start at |W| / mean |W|, so the first masks are
-  magnitude pruning's and the learned movement reorders them). From zeros the scores need thousands of steps
-  to carry more signal than noise (the paper's runs are tens of thousands of steps); on shorter budgets
-  zero-init top-k prunes almost at random and the model collapses, while magnitude-initialised hard movement
-  beat gradual magnitude on MiniLM SST-2 (docs/BENCHMARKS.md section 9).
+- `score_init`: magnitude (the default: scores start at |W| / mean |W|, so the first masks are magnitude
+  pruning's and the learned movement reorders them) or zeros (the paper). From zeros the scores need thousands
+  of steps to carry more signal than noise (the paper's runs are tens of thousands of steps); on shorter
+  budgets zero-init top-k prunes almost at random and the model collapses, while magnitude-initialised hard and
+  soft movement beat gradual magnitude on MiniLM SST-2 from 50% to 5% of the weights left
+  (docs/BENCHMARKS.md section 9).
 - schedule: nothing pruned for the first `prune_warmup` of the run, the cubic schedule to `sparsity`, then the
   final mask held for the last `prune_cooldown` (reference: 1 and 2 LR warm-up periods).
 - `block: true`: one score per head and per FFN neuron; the emptied heads and neurons are then removed with the
@@ -52,16 +53,16 @@ class PruneMovement(Distill):
     step: ClassVar[str] = "prune_movement"
     variant: Literal["hard", "soft", "magnitude"] = Field("hard", description="hard: top-k of learned scores | "
                                                           "soft: threshold + L1 on the scores | magnitude: |W| "
-                                                          "(hard and soft from zero scores are experimental: on "
-                                                          "MiniLM SST-2 with up to 865 steps they collapsed; use "
-                                                          "score_init: magnitude, docs/BENCHMARKS.md section 9)")
+                                                          "(gradual magnitude pruning on the same schedule)")
     sparsity: float = Field(..., description="fraction of the included weights pruned at the end, in (0, 1)")
     block: bool = Field(False, description="score whole attention heads and FFN neurons, then remove the "
                         "emptied ones physically (Lagunas et al. 2021)")
     score_lr: float = Field(1e-2, gt=0, description="learning rate of the scores (weights: lr)")
-    score_init: Literal["zeros", "magnitude"] = Field("zeros", description="zeros: the paper's start | magnitude: "
-                                                      "scores start as each matrix's |W| / mean |W|, so the first "
-                                                      "masks are magnitude pruning's and movement adjusts them")
+    score_init: Literal["magnitude", "zeros"] = Field("magnitude", description="magnitude: scores start as each "
+                                                      "matrix's |W| / mean |W|, so the first masks are magnitude "
+                                                      "pruning's and movement adjusts them | zeros: the paper's "
+                                                      "start (experimental: collapsed on MiniLM SST-2 with up to "
+                                                      "865 steps; docs/BENCHMARKS.md section 9)")
     regularization: float = Field(400.0, ge=0, description="soft: final lambda of the L1 term on sigmoid(scores)")
     prune_warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the run before pruning starts")
     prune_cooldown: float = Field(0.2, ge=0, lt=1, description="fraction of the run at the final sparsity")

@@ -6,7 +6,8 @@ code, transformers `examples/research_projects/movement-pruning`: `emmental/modu
 `masked_run_glue.py`):
 
 - every pruned Linear computes with W' = W * M(S); S is a score tensor initialised to 0 (`--mask_init constant
-  --mask_scale 0`) and trained with the model;
+  --mask_scale 0`) and trained with the model (our departure: the step's default `score_init: magnitude`
+  starts S at the weights' magnitude, `magnitude_init`; zeros is the paper's start);
 - hard movement: M = TopK(S), the top `keep` fraction of each score tensor (`TopKBinarizer`: top-k per matrix);
   soft movement: M = 1[sigmoid(S) > tau] (`ThresholdBinarizer`, at least 0.5% of each matrix kept) plus the L1
   regularizer lambda * mean(sigmoid(S)) averaged over the matrices (`regularization(mode="l1")`);
