@@ -369,18 +369,18 @@ def markdown() -> str:
                 if key(r) == (rem, steps, seed)}
         out.append(f"| {100 * rem:.0f}% | {steps} | {seed} | " + " | ".join(cell.get(v, "not run") for v in METHODS)
                    + " |")
-    paper = [r for p in ("short", "paper") for r in d.get(p, {}).get("rows", []) if "dev_acc" in r]
+    paper = [r for p in ("short", "labels_curve", "paper") for r in d.get(p, {}).get("rows", []) if "dev_acc" in r]
     if paper:
-        out += ["", "| labels only | steps | dev acc | remaining | train loss | train s |",
-                "|---|---|---|---|---|---|"]
+        out += ["", "| labels only | steps | seed | dev acc | remaining | train loss | train s |",
+                "|---|---|---|---|---|---|---|"]
         out += [f"| {r['variant']}{', score_init magnitude' if 'score_init' in r.get('override', {}) else ''} | "
-                f"{r['steps']} | {r['dev_acc']} | {100 * r['remaining']:.1f}% | "
+                f"{r['steps']} | {r['seed']} | {r['dev_acc']} | {100 * r['remaining']:.1f}% | "
                 f"{r['train_loss']:.3f} | {r['train_s']:.0f} |" for r in paper]
     lat = d.get("latency", {})
     out += ["", "| model | start | dev acc | params | heads kept | FFN neurons kept | b1 speed-up | b32 speed-up |",
             "|---|---|---|---|---|---|---|---|",
             f"| teacher | | {d.get('teacher', {}).get('dev_acc')} | | 72 | 9216 | 1.0 | 1.0 |"]
-    for r in d.get("block", {}).get("rows", []):
+    for r in d.get("block", {}).get("rows", []) + d.get("block_init", {}).get("rows", []):
         if "dev_acc" in r:
             out.append(f"| {r['model']} | {r['start']} | {r['dev_acc']} | {r['params']:,} | {r.get('heads_kept', '')} "
                        f"| {r.get('ffn_kept', '')} | {lat.get('b1_speedup', {}).get(r['model'], 'not run')} | "
