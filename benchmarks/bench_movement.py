@@ -252,6 +252,15 @@ def part_block_init(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def part_block_early(results: dict[str, Any]) -> dict[str, Any]:
+    """block_init's teacher run with the structure settled in the first 40% of the run (no warm-up) and 60% of
+    the steps left to recover it (prune_heads + prune_ffn + distill recovers its structure for all of them);
+    not timed: its shapes are those of block_init's models."""
+    return _runs("block_early", [("block hard 50% heads+ffn score_init magnitude from teacher, early",
+                                 dict(variant="hard", sparsity=SETTINGS["block_sparsity"], block=True, start="teacher",
+                                      prune_warmup=0.0, prune_cooldown=0.6, score_init="magnitude"))], results)
+
+
 def part_block(results: dict[str, Any]) -> dict[str, Any]:
     s = SETTINGS["block_sparsity"]
     out = _runs("block", [(f"block hard {int(round((1 - s) * 100))}% heads+ffn", dict(variant="hard", sparsity=s,
@@ -318,7 +327,8 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
 
 PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "short": part_short, "block": part_block,
          "latency": part_latency, "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse,
-         "labels_curve": part_labels_curve, "block_init": part_block_init}
+         "labels_curve": part_labels_curve, "block_init": part_block_init,
+         "block_early": part_block_early}
 
 
 # parts that never use the teacher (it is not fine-tuned for them)
@@ -380,7 +390,7 @@ def markdown() -> str:
     out += ["", "| model | start | dev acc | params | heads kept | FFN neurons kept | b1 speed-up | b32 speed-up |",
             "|---|---|---|---|---|---|---|---|",
             f"| teacher | | {d.get('teacher', {}).get('dev_acc')} | | 72 | 9216 | 1.0 | 1.0 |"]
-    for r in d.get("block", {}).get("rows", []) + d.get("block_init", {}).get("rows", []):
+    for r in [r for p in ("block", "block_init", "block_early") for r in d.get(p, {}).get("rows", [])]:
         if "dev_acc" in r:
             out.append(f"| {r['model']} | {r['start']} | {r['dev_acc']} | {r['params']:,} | {r.get('heads_kept', '')} "
                        f"| {r.get('ffn_kept', '')} | {lat.get('b1_speedup', {}).get(r['model'], 'not run')} | "
