@@ -3,7 +3,8 @@
 
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \
         benchmarks/bench_movement.py main block latency sparse long   # measured; curve, seeds: not run yet
-    ... benchmarks/bench_movement.py paper short                     # labels only: no teacher needed
+    ... benchmarks/bench_movement.py paper short labels_curve        # labels only: no teacher needed
+    ... benchmarks/bench_movement.py block_init latency block_early  # magnitude-initialised block movement
 
 Each part merges its figures into benchmarks/results/movement_sst2.json (rows are written as they finish).
 Budget (SETTINGS): every unstructured model and the first block model are fine-pruned from the pre-trained packaged
