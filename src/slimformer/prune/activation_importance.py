@@ -67,19 +67,21 @@ def activation_importance(model: nn.Module, batches: list[dict[str, torch.Tensor
     handles = []
     was_training = model.training
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+
+    def masked(unit: Any) -> bool:  # padding is left out, except in an encoder-decoder's decoder
+        return not (seq2seq and str(unit).startswith("decoder"))
+
     model.eval()
     try:
         if kind == "heads":
             for a in adapter.attention(model):
-                accs[a.unit] = {"sum": torch.zeros(a.heads), "n": 0.0,
-                                "masked": not (seq2seq and str(a.unit).startswith("decoder"))}
+                accs[a.unit] = {"sum": torch.zeros(a.heads), "n": 0.0, "masked": masked(a.unit)}
                 w_o = weight_oi(a.o).detach().float()
                 handles.append(a.o.register_forward_pre_hook(_head_hook(accs[a.unit], w_o, a.heads, a.head_dim,
                                                                         state)))
         else:
             for f in adapter.ffn(model):
-                accs[f.unit] = {"sum": torch.zeros(f.width), "n": 0.0,
-                                "masked": not (seq2seq and str(f.unit).startswith("decoder"))}
+                accs[f.unit] = {"sum": torch.zeros(f.width), "n": 0.0, "masked": masked(f.unit)}
                 out_norm = weight_oi(f.down).detach().float().norm(dim=0)
                 handles.append(f.down.register_forward_pre_hook(_ffn_hook(accs[f.unit], out_norm, state)))
         for batch in batches:
