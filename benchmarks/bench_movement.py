@@ -143,6 +143,14 @@ def structured_baseline(keep: float, suffix: str = "") -> dict[str, Any]:
     return row
 
 
+def with_baseline(out: dict[str, Any], results: dict[str, Any], suffix: str = "") -> dict[str, Any]:
+    """Add the structured baseline at the block sparsity to a part's rows unless it is there already."""
+    if not any(r["model"].startswith("prune_heads") for r in out["rows"]):
+        out["rows"].append(structured_baseline(1 - SETTINGS["block_sparsity"], suffix))
+        write_result(NAME, {"settings": SETTINGS, **results})
+    return out
+
+
 def _runs(part: str, specs: list[tuple[str, dict[str, Any]]], results: dict[str, Any]) -> dict[str, Any]:
     """Run specs (name, fine_prune kwargs) not already in results[part], saving the JSON after each."""
     done = {r["model"] for r in results.get(part, {}).get("rows", [])}
@@ -216,15 +224,11 @@ def part_short(results: dict[str, Any]) -> dict[str, Any]:
     return _runs("short", specs, results)
 
 
-def _labels_grid(remaining: list[float], seed: int | None = None, steps: int = 120,
-                 skip: tuple[tuple[float, int | None], ...] = ((0.10, None),)) -> list[tuple[str, dict[str, Any]]]:
-    """Labels-only runs: gradual magnitude, hard and soft movement with magnitude-initialised scores (the 10%
-    point of seed 42 at 120 steps is in the `short` part already)."""
+def _labels_grid(remaining: list[float], seed: int | None = None, steps: int = 120) -> list[tuple[str, dict[str, Any]]]:
+    """Labels-only runs: gradual magnitude, hard and soft movement with magnitude-initialised scores."""
     tag = "" if seed is None else f" seed {seed}"
     out = []
     for r in remaining:
-        if (r, seed) in skip and steps == 120:
-            continue
         for v in METHODS:
             init = {} if v == "magnitude" else {"score_init": "magnitude"}
             pct = int(round(r * 100))
@@ -234,7 +238,8 @@ def _labels_grid(remaining: list[float], seed: int | None = None, steps: int = 1
 
 
 def part_labels_curve(results: dict[str, Any]) -> dict[str, Any]:
-    """The curve 50/30/10/5% remaining at 120 steps, labels only, and a second seed at 10%."""
+    """The curve 50/30/10/5% remaining at 120 steps, labels only, and a second seed at 10% (the 10% point of
+    seed 42 is the `short` part's)."""
     return _runs("labels_curve", _labels_grid([0.50, 0.30, 0.05]) + _labels_grid([0.10], seed=43), results)
 
 
@@ -247,10 +252,7 @@ def part_block_init(results: dict[str, Any]) -> dict[str, Any]:
                                 dict(variant="hard", sparsity=s, block=True, start="teacher", score_init="magnitude")),
                                (f"block hard {k}% heads+ffn score_init magnitude",
                                 dict(variant="hard", sparsity=s, block=True, score_init="magnitude"))], results)
-    if not any(r["model"].startswith("prune_heads") for r in out["rows"]):  # the baseline, on this run's teacher
-        out["rows"].append(structured_baseline(1 - s))
-        write_result(NAME, {"settings": SETTINGS, **results})
-    return out
+    return with_baseline(out, results)  # the baseline, on this run's teacher
 
 
 def part_block_early(results: dict[str, Any]) -> dict[str, Any]:
@@ -268,10 +270,7 @@ def part_block(results: dict[str, Any]) -> dict[str, Any]:
                                                                                       block=True)),
                           (f"block hard {int(round((1 - s) * 100))}% heads+ffn from teacher",
                            dict(variant="hard", sparsity=s, block=True, start="teacher"))], results)
-    if not any(r["model"].startswith("prune_heads") for r in out["rows"]):
-        out["rows"].append(structured_baseline(1 - s))
-        write_result(NAME, {"settings": SETTINGS, **results})
-    return out
+    return with_baseline(out, results)
 
 
 def part_latency(results: dict[str, Any]) -> dict[str, Any]:

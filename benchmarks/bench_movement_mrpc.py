@@ -28,7 +28,7 @@ bm.NAME = "movement_mrpc_smoke" if os.environ.get("BENCH_SMOKE") else "movement_
 
 
 def part_labels(results: dict[str, Any]) -> dict[str, Any]:
-    specs = [(n + " mrpc", kw) for n, kw in bm._labels_grid([0.30, 0.10], steps=230, skip=())
+    specs = [(n + " mrpc", kw) for n, kw in bm._labels_grid([0.30, 0.10], steps=230)
              if kw["variant"] != "soft"]
     return bm._runs("labels", specs, results)
 
@@ -38,10 +38,7 @@ def part_block(results: dict[str, Any]) -> dict[str, Any]:
     out = bm._runs("block", [("block hard 50% heads+ffn score_init magnitude from teacher mrpc",
                               dict(variant="hard", sparsity=s, block=True, start="teacher",
                                    score_init="magnitude"))], results)
-    if not any(r["model"].startswith("prune_heads") for r in out["rows"]):
-        out["rows"].append(bm.structured_baseline(1 - s, " mrpc"))
-        write_result(bm.NAME, {"settings": bm.SETTINGS, **results})
-    return out
+    return bm.with_baseline(out, results, " mrpc")
 
 
 PARTS = {"labels": part_labels, "block": part_block}
