@@ -6,6 +6,11 @@ far from Wikipedia prose. Calibration stays WikiText-2 valid (the same 59 blocks
 that fits its calibration domain rather than the model shows up as a larger ratio on the captions.
 
     flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_heldout.py heldout
+    flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_heldout.py calib_size
+
+`calib_size`: SparseGPT and Wanda at 50% calibrated on 4x and on all of WikiText-2 valid (1,024 and 3,760
+lines against the 256 of every other row), scored on both texts: is the gap to the papers' OPT-125M ratios
+a matter of calibration size?
     python benchmarks/bench_llm_heldout.py markdown
 """
 from __future__ import annotations
@@ -86,12 +91,43 @@ def heldout() -> dict[str, Any]:
             "stride": task.stride, "captions_files": list(CAPTIONS), "calib_blocks": len(batches)}
 
 
+def calib_size(lines: tuple[int, ...] = (1024, 3760)) -> dict[str, Any]:
+    """One-shot 50% pruning with more calibration text (same seed; `lines` of WikiText-2 valid, cut into blocks
+    of bench_llm.CALIB_LEN tokens), each model scored on WikiText-2 test and the captions."""
+    from slimformer.prune.oneshot import PruneOneShot, prune_oneshot
+    from slimformer.quantize.guard import calibration_batches
+    from slimformer.tasks.language_modeling import perplexity
+
+    base, tok, task, _ = bench_llm._setup()
+    wiki = task.stream(tok, "test")[: bench_llm.EVAL_TOKENS]
+    caps = _captions(tok)
+    rows = []
+    for n in lines:
+        batches = calibration_batches(tok, task, n, bench_llm.CALIB_LEN, batch_size=8, seed=0, split="dev",
+                                      model=base)
+        blocks = sum(int(b["input_ids"].shape[0]) for b in batches)
+        for method in ("sparsegpt", "wanda"):
+            t0 = time.perf_counter()
+            model = copy.deepcopy(base)
+            prune_oneshot(model, PruneOneShot(method=method, sparsity=0.5), batches)
+            row = {"variant": f"{method} 50%", "calib_lines": n, "calib_blocks": blocks,
+                   "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches),
+                   "make_s": round(time.perf_counter() - t0, 1)}
+            for text, ids in (("wikitext2", wiki), ("captions", caps)):
+                row[text] = round(perplexity(model, ids, task.context, task.stride), 3)
+            print(json.dumps(row))
+            rows.append(row)
+            del model
+    return {"rows": rows, "context": task.context, "stride": task.stride}
+
+
 def main(parts: list[str]) -> None:
     bench_llm.run_parts(RESULT, PARTS, parts, markdown)
 
 
 def markdown() -> str:
-    r = json.loads((common.RESULTS / f"{RESULT}.json").read_text())["heldout"]
+    full = json.loads((common.RESULTS / f"{RESULT}.json").read_text())
+    r = full["heldout"]
     base = r["rows"][0]
     out = [f"Context {r['context']}, stride {r['stride']}; WikiText-2 test: first {r['tokens']['wikitext2']} tokens; "
            f"captions: first {r['tokens']['captions']} tokens of {', '.join(r['captions_files'])}.", "",
@@ -101,10 +137,18 @@ def markdown() -> str:
         out.append(f"| {row['variant']} | {row['tensor_mb']} | {row['wikitext2']} | "
                    f"{row['wikitext2'] / base['wikitext2']:.2f} | {row['captions']} | "
                    f"{row['captions'] / base['captions']:.2f} | {row['make_s']} |")
+    if "calib_size" in full:
+        out += ["", "More calibration text (same seed, same scoring):", "",
+                "| variant | calibration lines / blocks / tokens | WikiText-2 ppl | x base | captions ppl | x base |",
+                "|---|---|---|---|---|---|"]
+        for row in full["calib_size"]["rows"]:
+            out.append(f"| {row['variant']} | {row['calib_lines']} / {row['calib_blocks']} / {row['calib_tokens']} | "
+                       f"{row['wikitext2']} | {row['wikitext2'] / base['wikitext2']:.2f} | {row['captions']} | "
+                       f"{row['captions'] / base['captions']:.2f} |")
     return "\n".join(out)
 
 
-PARTS = {"heldout": heldout}
+PARTS = {"heldout": heldout, "calib_size": calib_size}
 
 if __name__ == "__main__":
     common.parts_cli("bench_llm_heldout.py", PARTS, main, markdown)
