@@ -107,7 +107,8 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
            "dir": str(out), **({"override": override} if override else {})}
     row.update(_scores(model, tok, t))
     if block:
-        row.update(heads_kept=sum(info["heads_kept"].values()), ffn_kept=sum(info["ffn_kept"].values()))
+        row.update(heads_kept=sum(info["heads_kept"].values()), ffn_kept=sum(info["ffn_kept"].values()),
+                   heads_by_layer=list(info["heads_kept"].values()), ffn_by_layer=list(info["ffn_kept"].values()))
     print({k: v for k, v in row.items() if k != "dir"}, flush=True)
     return row
 
@@ -264,6 +265,15 @@ def part_block_early(results: dict[str, Any]) -> dict[str, Any]:
                                       prune_warmup=0.0, prune_cooldown=0.6, score_init="magnitude"))], results)
 
 
+def part_block_global(results: dict[str, Any]) -> dict[str, Any]:
+    """block_init's teacher run with soft movement: one threshold over every layer's heads and neurons (weighted
+    by the weights each covers), so layers keep unequal shares, as prune_heads / prune_ffn's global ranking
+    does; hard block mode keeps the same share of every layer. Compared with block_init's baseline."""
+    return _runs("block_global", [("block soft 50% heads+ffn score_init magnitude from teacher, global",
+                                  dict(variant="soft", sparsity=SETTINGS["block_sparsity"], block=True,
+                                       start="teacher", score_init="magnitude"))], results)
+
+
 def part_block(results: dict[str, Any]) -> dict[str, Any]:
     s = SETTINGS["block_sparsity"]
     out = _runs("block", [(f"block hard {int(round((1 - s) * 100))}% heads+ffn", dict(variant="hard", sparsity=s,
@@ -279,7 +289,7 @@ def part_latency(results: dict[str, Any]) -> dict[str, Any]:
     from slimformer.bench import compare_latency
 
     cands: dict[str, Any] = {"teacher": _STATE["teacher"]}
-    for r in results.get("block", {}).get("rows", []) + results.get("block_init", {}).get("rows", []):
+    for r in [r for p in ("block", "block_init", "block_global") for r in results.get(p, {}).get("rows", [])]:
         if "dir" in r and os.path.isdir(r["dir"]):  # models of an earlier machine are gone: not timed
             cands[r["model"]] = models.load(r["dir"])[0]
     out: dict[str, Any] = {}
@@ -328,7 +338,7 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
 PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "short": part_short, "block": part_block,
          "latency": part_latency, "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse,
          "labels_curve": part_labels_curve, "block_init": part_block_init,
-         "block_early": part_block_early}
+         "block_early": part_block_early, "block_global": part_block_global}
 
 
 # parts that never use the teacher (it is not fine-tuned for them)
@@ -390,7 +400,7 @@ def markdown() -> str:
     out += ["", "| model | start | dev acc | params | heads kept | FFN neurons kept | b1 speed-up | b32 speed-up |",
             "|---|---|---|---|---|---|---|---|",
             f"| teacher | | {d.get('teacher', {}).get('dev_acc')} | | 72 | 9216 | 1.0 | 1.0 |"]
-    for r in [r for p in ("block", "block_init", "block_early") for r in d.get(p, {}).get("rows", [])]:
+    for r in [r for p in ("block", "block_init", "block_early", "block_global") for r in d.get(p, {}).get("rows", [])]:
         if "dev_acc" in r:
             out.append(f"| {r['model']} | {r['start']} | {r['dev_acc']} | {r['params']:,} | {r.get('heads_kept', '')} "
                        f"| {r.get('ffn_kept', '')} | {lat.get('b1_speedup', {}).get(r['model'], 'not run')} | "

@@ -70,6 +70,8 @@ class Distill(LossTerms):
                                                 "2016), translation only: train on the teacher's beam-search outputs")
     target_beams: int | None = Field(None, ge=1, description="beams of the teacher's translations (default: the "
                                      "task's)")
+    augment: int = Field(0, ge=0, description="altered copies of every training example, labelled by the teacher "
+                         "(Tang et al. 2019: words masked or swapped, n-grams cut); classification and regression")
 
     @model_validator(mode="after")
     def _cache_ok(self) -> "Distill":
@@ -93,6 +95,8 @@ def fits(cfg: "Distill", student: nn.Module, task: Task | None) -> None:
     check(not cfg.cache_teacher or task.distill_target in ("logits", "regression"),
           "distill: cache_teacher stores one logit row per example; per-token targets (translation, language "
           "modelling) are computed on the fly")
+    check(not cfg.augment or task.distill_target in ("logits", "regression"),
+          f"distill: augment alters sentences of a classification or regression task, not {task.kind}")
     check(not (cfg.cos or cfg.hidden or cfg.attention or cfg.pkd) or not get_adapter(student).is_multi_stack(student),
           "distill: cos, hidden, attention and pkd terms need a single-stack model (encoder or decoder-only); "
           "for an encoder-decoder use kd and ce")
@@ -172,12 +176,12 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
     from ..train import TrainConfig, train_dataset, train_examples
 
     fits(cfg, student, task)
-    if cfg.kd or cfg.targets == "teacher":
+    if cfg.kd or cfg.targets == "teacher" or cfg.augment:
         try:
             task.check_model(teacher)
         except SlimformerError as e:
-            raise SlimformerError(f"distill: {'kd' if cfg.kd else 'targets: teacher'} needs a teacher trained for "
-                                  f"the task: {e}") from e
+            what = "kd" if cfg.kd else "targets: teacher" if cfg.targets == "teacher" else "augment"
+            raise SlimformerError(f"distill: {what} needs a teacher trained for the task: {e}") from e
     work_dir = Path(work_dir)
     tcfg = TrainConfig(max_len=max_len, seed=seed, max_train_examples=cfg.max_train_examples)
     examples, seq_kd = train_examples(task, tcfg), None
@@ -186,16 +190,29 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
 
         examples, seq_kd = with_teacher_targets(task, examples, teacher, tokenizer, work_dir, cfg.target_beams,
                                                 max_len)
+    n_gold = len(examples)
+    if cfg.augment:
+        from .augment import augment_examples
+
+        examples = examples + augment_examples(examples, cfg.augment, seed, getattr(tokenizer, "mask_token", None))
     base = train_dataset(tokenizer, task, tcfg, examples)
     collate = task.collator(tokenizer, student)
-    cached, cache_s = None, None
-    if cfg.cache_teacher:
+    cached, cache_s, aug = None, None, None
+    if cfg.cache_teacher or cfg.augment:  # augmented copies need the teacher's labels before training
         t0 = time.perf_counter()
         cached = teacher_logits_cache(teacher, base, collate, work_dir / "teacher_logits.safetensors")
         cache_s = round(time.perf_counter() - t0, 2)
+        if cfg.augment:
+            from .augment import agreement, relabel
+
+            aug = {"copies": cfg.augment, "examples": relabel(base, cached, n_gold, task.distill_target),
+                   "teacher_agrees_with_gold": agreement(base, cached, n_gold, task.distill_target)}
+        cached = cached if cfg.cache_teacher else None
     stats = run_distillation(student, teacher, tokenizer, IndexedDataset(base), collate, cfg, work_dir, seed,
                              resume, max_len, cached, callbacks, task, trainer_cls, trainer_kwargs)
     stats["teacher_cache_s"] = cache_s
+    if aug:
+        stats["augment"] = aug
     if seq_kd:
         stats["sequence_level"] = seq_kd
     return student, stats

@@ -1,0 +1,128 @@
+"""Issue "The frontier": can the fast students recover with teacher-labelled data augmentation (`distill`'s
+`augment`: altered copies of the training sentences labelled by the teacher, Tang et al. 2019)?
+
+Each part is one candidate of `slimformer plan`'s grid (the same steps: prune_vocab, drop_layers alternate,
+prune_heads / prune_ffn, distill kd 1 ce 0.5 lr 1e-4 with cached teacher logits, dynamic INT8), recovered
+either on 8 augmented copies + the originals for 1 epoch, or, as the control, on the originals alone for 9
+epochs: the same 1,947 optimizer steps at batch 32 on SST-2's 6,920 sentences. Every final model is
+evaluated on the full dev split and timed interleaved with the fp32 PyTorch teacher, one pair at a time
+(seq 128, 2 threads, batch 1 and 32), as the plan times its candidates.
+
+    flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \\
+        benchmarks/bench_augment.py l3_aug l3_control l2_aug
+    python benchmarks/bench_augment.py markdown
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import common
+
+RESULT = "augment_sst2"
+THREADS, SEQ, BATCHES, BUDGET_S = 2, 128, (1, 32), 20.0
+COPIES = 8
+RUNS = {  # part: (levers, recovery fields)
+    "l3_aug": (dict(layers=3, heads=0.5, ffn=0.5), dict(augment=COPIES, epochs=1.0)),
+    "l3_control": (dict(layers=3, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1))),
+    "l2_aug": (dict(layers=2, heads=1.0, ffn=1.0), dict(augment=COPIES, epochs=1.0)),
+    "l2_h05_aug": (dict(layers=2, heads=0.5, ffn=1.0), dict(augment=COPIES, epochs=1.0)),
+}
+_STATE: dict[str, Any] = {}
+
+
+def _steps(levers: dict[str, Any], recovery: dict[str, Any]) -> list[dict[str, Any]]:
+    from slimformer.plan.space import Candidate, SearchSpace
+
+    c = Candidate(vocab=True, int8=True, total_layers=6, **levers)
+    steps = c.steps(SearchSpace(), embedding=False, proxy=False)
+    for s in steps:
+        if s["step"] == "distill":
+            s.update(recovery)
+    return steps
+
+
+def run(part: str) -> dict[str, Any]:
+    """One candidate: compress (resumable in its folder), then dev accuracy, size and pair-timed speed-ups."""
+    import yaml
+
+    from slimformer import models
+    from slimformer.bench import compare_latency
+    from slimformer.recipe import EvalSettings, compress
+    from slimformer.report import load_summary
+
+    teacher, tok, t = _STATE["teacher"], _STATE["tok"], _STATE["task"]
+    levers, recovery = RUNS[part]
+    steps = _steps(levers, recovery)
+    out = common.CACHE / "work" / "bench_augment" / part
+    text = yaml.safe_dump({"task": t.name, "eval": {"seq_len": SEQ}, "steps": steps}, sort_keys=False)
+    t0 = time.perf_counter()
+    if not ((out / "summary.json").exists() and (out / "recipe.yaml").read_text() == text):
+        compress(teacher, tok, steps, out, t, EvalSettings(batches=[1], latency_budget_s=0.3, each_step=False,
+                                                           threads=THREADS, tolerance=None), recipe_text=text)
+    rows = load_summary(out)["rows"]
+    model, mtok = models.load(str(out), task=t)
+    small_tok = min([tok, mtok], key=len)  # random ids valid for both models
+    speed: dict[str, Any] = {}
+    for b in BATCHES:
+        lat = compare_latency({"teacher": teacher, part: model}, small_tok, b, SEQ, THREADS, budget_s=BUDGET_S)
+        speed[f"b{b}"] = {"speedup": round(lat["teacher"].median_ms / lat[part].median_ms, 2),
+                          "teacher": lat["teacher"].summary(), "model": lat[part].summary()}
+    distill_row = next(r for r in rows if r.get("step") == "distill")
+    res = {"part": part, "levers": levers, "recovery": recovery, "steps": steps,
+           "dev_acc": round(100 * rows[-1]["metrics"]["accuracy"], 2),
+           "size_mb": round(rows[-1]["size_bytes"] / 1e6, 2),
+           "params": rows[-1]["params"], "speedup_b1": speed["b1"]["speedup"], "speedup_b32": speed["b32"]["speedup"],
+           "speed": speed, "distill_s": distill_row.get("seconds"), "wall_s": round(time.perf_counter() - t0, 1),
+           "distill_notes": {k: v for k, v in distill_row.get("info", {}).get("distill", {}).items()
+                             if k in ("augment", "train_loss", "teacher_cache_s", "wall_s")}}
+    print(json.dumps({k: v for k, v in res.items() if k not in ("steps", "speed")}), flush=True)
+    return res
+
+
+def main(parts: list[str]) -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    teacher, tok, t = common.ready_teacher("sst2", THREADS)
+    from slimformer.evaluate import evaluate_task
+
+    _STATE.update(teacher=teacher, tok=tok, task=t)
+    payload = common.previous_parts(RESULT, set(RUNS) - set(parts) | {"teacher_dev_acc"})
+    payload["teacher_dev_acc"] = round(100 * evaluate_task(teacher, tok, t, "dev", 128)["accuracy"], 2)
+    for p in parts:
+        payload[p] = run(p)
+        print(f"wrote {common.write_result(RESULT, {'copies': COPIES, 'threads': THREADS, **payload})}")
+    print(markdown())
+
+
+def markdown() -> str:
+    path = common.RESULTS / f"{RESULT}.json"
+    if not path.exists():
+        return "(no results yet)"
+    r = json.loads(path.read_text())
+    base = r["teacher_dev_acc"]
+    out = [f"Teacher {base} dev accuracy; seq {SEQ}, {r['threads']} threads, speed-ups against the fp32 teacher "
+           "timed in the same pair.", "",
+           "| candidate | recovery | dev acc | change | size MB | b1 speed-up | b32 speed-up | distill s |",
+           "|---|---|---|---|---|---|---|---|"]
+    for p in RUNS:
+        if p in r:
+            x = r[p]
+            lv = x["levers"]
+            rec = ", ".join(f"{k} {v:g}" for k, v in x["recovery"].items())
+            out.append(f"| L{lv['layers']}-h{lv['heads']:g}-f{lv['ffn']:g}-vocab-int8 | {rec} | {x['dev_acc']} | "
+                       f"{x['dev_acc'] - base:+.2f} | {x['size_mb']} | {x['speedup_b1']} | {x['speedup_b32']} | "
+                       f"{x['distill_s']} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if os.environ.get("BENCH_SMOKE"):
+        RESULT, COPIES, BUDGET_S = "augment_sst2_smoke", 1, 1.0
+        small = {"max_steps": 2, "max_train_examples": 64}
+        RUNS = {k: (lv, {**rec, **small, **({"augment": 1} if "augment" in rec else {})})
+                for k, (lv, rec) in RUNS.items()}
+    common.parts_cli("bench_augment.py", RUNS, main, markdown)
