@@ -86,6 +86,12 @@ def test_plan_grid_and_pareto():
                                        "L3-h1-f1-int8"}  # the untouched model is the reference, not a candidate
     steps = next(c for c in cands if c.name == "L6-h1-f1-int8").steps(SearchSpace(), False, False)
     assert [s["step"] for s in steps] == ["quantize_dynamic"]  # nothing structural: no recovery either
+    l3 = next(c for c in cands if c.name == "L3-h1-f1-int8")
+    full, proxy = (l3.steps(SearchSpace(augment=4), False, p) for p in (False, True))
+    assert [s.get("augment") for s in full if s["step"] == "distill"] == [4]  # the full recovery augments,
+    assert all("augment" not in s for s in proxy)  # the proxy never does
+    from slimformer.steps import parse_step
+    assert parse_step(full[-2], 0).augment == 4  # and the step validates
     pts = [{"a": 1, "b": 3}, {"a": 2, "b": 2}, {"a": 3, "b": 3}, {"a": 1, "b": 3}]
     assert pareto(pts, ("a", "b")) == [pts[0], pts[1], pts[3]]
 

@@ -229,7 +229,7 @@ class Planner:
     def estimate(self, proxy: dict[str, Any]) -> float:
         """Seconds a full run of this candidate should take, from its proxy run."""
         n = len(self.task.split("train"))
-        factor = self.space.epochs * n / max(1, min(self.space.proxy_examples, n))
+        factor = self.space.epochs * n * (1 + self.space.augment) / max(1, min(self.space.proxy_examples, n))
         return proxy["train_seconds"] * factor + (proxy["seconds"] - proxy["train_seconds"]) + 60
 
     def round2(self, order: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:

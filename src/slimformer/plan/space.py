@@ -3,7 +3,8 @@
 Levers: depth (drop_layers, every other layer kept first: the DistilBERT choice), width (prune_heads,
 prune_ffn with gradient or embedding importance), the vocabulary (prune_vocab to the training text),
 INT8 (quantize_dynamic, the faster backend measured here), and the recovery budget (distill from the input
-model, or distill_embeddings for a sentence encoder). The order inside a recipe is fixed: vocabulary, depth,
+model, or distill_embeddings for a sentence encoder; the full recovery may add teacher-labelled augmented copies
+of the training set, `augment`, which the one-epoch proxy never uses). The order inside a recipe is fixed: vocabulary, depth,
 width, recovery, INT8, so that recovery trains the final architecture and INT8 quantizes trained weights.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ class SearchSpace(BaseModel):
     proxy_examples: int = Field(8000, ge=16, description="training examples of the proxy recovery (1 epoch)")
     epochs: float = Field(3.0, gt=0, description="epochs of the full recovery (all training examples)")
     lr: float = Field(1e-4, gt=0)
+    augment: int = Field(0, ge=0, description="full recovery only: teacher-labelled altered copies of every "
+                         "training example (distill augment); not for sentence embeddings")
     importance_examples: int = Field(256, ge=8)
 
 
@@ -77,7 +80,8 @@ def _recovery(space: SearchSpace, embedding: bool, proxy: bool) -> dict[str, Any
     if embedding:
         return {"step": "distill_embeddings", **budget, **({"max_sentences": space.proxy_examples} if proxy else {})}
     return {"step": "distill", "kd": 1.0, "ce": 0.5, "cache_teacher": True, **budget,
-            **({"max_train_examples": space.proxy_examples} if proxy else {})}
+            **({"max_train_examples": space.proxy_examples} if proxy else {}),
+            **({"augment": space.augment} if space.augment and not proxy else {})}
 
 
 def grid(space: SearchSpace, total_layers: int, vocab_ok: bool, int8_ok: bool) -> list[Candidate]:
