@@ -274,6 +274,15 @@ def part_block_global(results: dict[str, Any]) -> dict[str, Any]:
                                        start="teacher", score_init="magnitude"))], results)
 
 
+def part_block_grad(results: dict[str, Any]) -> dict[str, Any]:
+    """block_init's teacher run with scores starting from gradient importance (prune_heads / prune_ffn's
+    ranking), hard (the same share of every layer) and soft (one global threshold)."""
+    s = SETTINGS["block_sparsity"]
+    return _runs("block_grad", [(f"block {v} 50% heads+ffn score_init gradient from teacher",
+                                dict(variant=v, sparsity=s, block=True, start="teacher", score_init="gradient"))
+                               for v in ("hard", "soft")], results)
+
+
 def part_block(results: dict[str, Any]) -> dict[str, Any]:
     s = SETTINGS["block_sparsity"]
     out = _runs("block", [(f"block hard {int(round((1 - s) * 100))}% heads+ffn", dict(variant="hard", sparsity=s,
@@ -289,7 +298,8 @@ def part_latency(results: dict[str, Any]) -> dict[str, Any]:
     from slimformer.bench import compare_latency
 
     cands: dict[str, Any] = {"teacher": _STATE["teacher"]}
-    for r in [r for p in ("block", "block_init", "block_global") for r in results.get(p, {}).get("rows", [])]:
+    for r in [r for p in ("block", "block_init", "block_global", "block_grad")
+              for r in results.get(p, {}).get("rows", [])]:
         if "dir" in r and os.path.isdir(r["dir"]):  # models of an earlier machine are gone: not timed
             cands[r["model"]] = models.load(r["dir"])[0]
     out: dict[str, Any] = {}
@@ -338,7 +348,8 @@ def part_sparse(results: dict[str, Any]) -> dict[str, Any]:
 PARTS = {"main": part_main, "long": part_long, "paper": part_paper, "short": part_short, "block": part_block,
          "latency": part_latency, "curve": part_curve, "seeds": part_seeds, "sparse": part_sparse,
          "labels_curve": part_labels_curve, "block_init": part_block_init,
-         "block_early": part_block_early, "block_global": part_block_global}
+         "block_early": part_block_early, "block_global": part_block_global,
+         "block_grad": part_block_grad}
 
 
 # parts that never use the teacher (it is not fine-tuned for them)
@@ -400,7 +411,8 @@ def markdown() -> str:
     out += ["", "| model | start | dev acc | params | heads kept | FFN neurons kept | b1 speed-up | b32 speed-up |",
             "|---|---|---|---|---|---|---|---|",
             f"| teacher | | {d.get('teacher', {}).get('dev_acc')} | | 72 | 9216 | 1.0 | 1.0 |"]
-    for r in [r for p in ("block", "block_init", "block_early", "block_global") for r in d.get(p, {}).get("rows", [])]:
+    for r in [r for p in ("block", "block_init", "block_early", "block_global", "block_grad")
+              for r in d.get(p, {}).get("rows", [])]:
         if "dev_acc" in r:
             out.append(f"| {r['model']} | {r['start']} | {r['dev_acc']} | {r['params']:,} | {r.get('heads_kept', '')} "
                        f"| {r.get('ffn_kept', '')} | {lat.get('b1_speedup', {}).get(r['model'], 'not run')} | "

@@ -246,3 +246,30 @@ def test_magnitude_score_init_starts_from_magnitude_pruning():
     for g in plan.groups.values():
         expect = want[g.unit] / want[g.unit].mean()
         torch.testing.assert_close(plan.scores[g.key].detach(), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_score_init_ranks_heads_and_neurons_like_prune_heads(tiny_bert, tokenizer, tmp_path):
+    """score_init gradient (block only): the first scores are prune_heads / prune_ffn's gradient importance on
+    the same examples, scaled to mean 1; weight-level mode refuses it in one line."""
+    from slimformer.prune.importance import importance, importance_batches
+    from slimformer.prune.movement import gradient_init
+
+    (tmp_path / "data").mkdir()
+    task = write_tiny_sst2(tmp_path / "data", n=32)
+    model = tiny_bert(layers=2, heads=4, hidden=32, ffn=64)
+    groups = build_groups(model, PruneMovement(sparsity=0.5, block=True, score_init="gradient"))
+    got = gradient_init(model, groups, tokenizer, task, 16, seed=3, examples=32)
+    batches = importance_batches(tokenizer, task, 32, 16, 32, 3, model)
+    want = {**importance(model, "heads", "gradient", batches, normalize=False, task=task),
+            **importance(model, "ffn", "gradient", batches, normalize=False, task=task)}
+    for g in groups.values():
+        torch.testing.assert_close(got[g.key], want[g.unit] / want[g.unit].mean(), atol=1e-5, rtol=1e-5)
+    plan = Plan("hard", groups)
+    attach(model, plan, got)
+    plan.set_keep(0.5)
+    masks = unit_masks(plan)
+    for g in groups.values():  # the kept half is the most important half
+        top = torch.topk(want[g.unit], g.shape[0] // 2).indices
+        assert set(masks[g.key].nonzero().flatten().tolist()) == set(top.tolist())
+    with pytest.raises(SlimformerError, match="needs block: true"):
+        PruneMovement(sparsity=0.5, score_init="gradient")

@@ -17,7 +17,8 @@ model as `teacher`); starting from a fine-tuned model works the same way.
   of steps to carry more signal than noise (the paper's runs are tens of thousands of steps); on shorter
   budgets zero-init top-k prunes almost at random and the model collapses, while magnitude-initialised hard and
   soft movement beat gradual magnitude on MiniLM SST-2 from 50% to 5% of the weights left
-  (docs/BENCHMARKS.md section 9).
+  (docs/BENCHMARKS.md section 9). Block mode may also start from `gradient` (prune_heads / prune_ffn's
+  gradient importance), so movement refines the ranking the one-shot structured pruning would use.
 - schedule: nothing pruned for the first `prune_warmup` of the run, the cubic schedule to `sparsity`, then the
   final mask held for the last `prune_cooldown` (reference: 1 and 2 LR warm-up periods).
 - `block: true`: one score per head and per FFN neuron; the emptied heads and neurons are then removed with the
@@ -58,11 +59,11 @@ class PruneMovement(Distill):
     block: bool = Field(False, description="score whole attention heads and FFN neurons, then remove the "
                         "emptied ones physically (Lagunas et al. 2021)")
     score_lr: float = Field(1e-2, gt=0, description="learning rate of the scores (weights: lr)")
-    score_init: Literal["magnitude", "zeros"] = Field("magnitude", description="magnitude: scores start as each "
-                                                      "matrix's |W| / mean |W|, so the first masks are magnitude "
-                                                      "pruning's and movement adjusts them | zeros: the paper's "
-                                                      "start (experimental: collapsed on MiniLM SST-2 with up to "
-                                                      "865 steps; docs/BENCHMARKS.md section 9)")
+    score_init: Literal["magnitude", "zeros", "gradient"] = Field(
+        "magnitude", description="magnitude: scores start as each matrix's |W| / mean |W|, so the first masks are "
+        "magnitude pruning's and movement adjusts them | gradient (block only): heads and neurons start ranked by "
+        "prune_heads / prune_ffn's gradient importance on 256 training examples | zeros: the paper's start "
+        "(experimental: collapsed on MiniLM SST-2 with up to 865 steps; docs/BENCHMARKS.md section 9)")
     regularization: float = Field(400.0, ge=0, description="soft: final lambda of the L1 term on sigmoid(scores)")
     prune_warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the run before pruning starts")
     prune_cooldown: float = Field(0.2, ge=0, lt=1, description="fraction of the run at the final sparsity")
@@ -79,6 +80,8 @@ class PruneMovement(Distill):
         check(self.prune_warmup + self.prune_cooldown < 1, f"{s}: prune_warmup + prune_cooldown must be below 1")
         check(not (self.block and self.include), f"{s}: include selects weight matrices; block mode prunes "
               f"the heads and FFN neurons of every layer (drop include)")
+        check(self.block or self.score_init != "gradient", f"{s}: score_init gradient ranks heads and FFN neurons; "
+              f"it needs block: true")
         regexes(self.include, "include")
         return self
 
@@ -118,6 +121,23 @@ def build_groups(model: nn.Module, cfg: PruneMovement) -> dict[str, Group]:
         size = sum(in_features(u) for u in f.up) + f.down.weight.shape[0]
         groups[f"f{i}"] = Group(f"f{i}", (f.width,), targets, size, f.unit, "ffn")
     return groups
+
+
+def gradient_init(model: nn.Module, groups: dict[str, Group], tokenizer: Any, task: Task, max_len: int, seed: int,
+                  examples: int = 256) -> dict[str, torch.Tensor]:
+    """Block scores from gradient importance (sum of |dL/dgate| over `examples` training examples, as prune_heads
+    and prune_ffn rank), each tensor divided by its mean like magnitude_init."""
+    from .importance import importance, importance_batches
+
+    batches = importance_batches(tokenizer, task, examples, max_len, 32, seed, model)
+    out: dict[str, torch.Tensor] = {}
+    for kind in ("heads", "ffn"):
+        scores = importance(model, kind, "gradient", batches, normalize=False, task=task)
+        for g in groups.values():
+            if g.kind == kind:
+                s = scores[g.unit].detach().float()
+                out[g.key] = s / s.mean().clamp_min(1e-12)
+    return out
 
 
 class MovementTrainer(DistillTrainer):
@@ -208,7 +228,8 @@ def prune_movement(model: nn.Module, teacher: nn.Module | None, tokenizer: Any, 
     groups = build_groups(model, cfg)
     plan = Plan(cfg.variant, groups)
     before = sum(m.weight.numel() for m in prunable(model, None if cfg.block else cfg.include).values())
-    attach(model, plan, cfg.score_init)
+    attach(model, plan, gradient_init(model, groups, tokenizer, task, max_len, seed)
+           if cfg.score_init == "gradient" else cfg.score_init)
     kwargs = dict(plan=plan, score_lr=cfg.score_lr, regularization=cfg.regularization, final_keep=1 - cfg.sparsity)
     model, stats = distill(model, teacher, tokenizer, task, cfg, work_dir, seed, max_len, resume,
                            callbacks=[schedule_callback(plan, cfg)], trainer_cls=MovementTrainer,

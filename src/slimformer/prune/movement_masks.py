@@ -182,13 +182,14 @@ def magnitude_init(group: Group, mods: dict[str, nn.Module]) -> torch.Tensor:
     return norm / norm.mean().clamp_min(1e-12)
 
 
-def attach(model: nn.Module, plan: Plan, init: str = "zeros") -> None:
-    """Register the score tensors on the model (initialised to 0 as in the paper, or by `magnitude_init`) and
-    parametrize every target weight with its mask."""
+def attach(model: nn.Module, plan: Plan, init: str | dict[str, torch.Tensor] = "zeros") -> None:
+    """Register the score tensors on the model (initialised to 0 as in the paper, by `magnitude_init`, or to
+    given tensors {group key: scores}) and parametrize every target weight with its mask."""
     mods = dict(model.named_modules())
     if plan.variant != "magnitude":
-        first = {g.key: magnitude_init(g, mods) if init == "magnitude" else torch.zeros(g.shape)
-                 for g in plan.groups.values()}
+        first = dict(init) if isinstance(init, dict) else {
+            g.key: magnitude_init(g, mods) if init == "magnitude" else torch.zeros(g.shape)
+            for g in plan.groups.values()}
         plan.scores = nn.ParameterDict({k: nn.Parameter(v) for k, v in first.items()})
         model.add_module(HOLDER, plan.scores)
     for g in plan.groups.values():
