@@ -9,7 +9,7 @@ evaluated on the full dev split and timed interleaved with the fp32 PyTorch teac
 (seq 128, 2 threads, batch 1 and 32), as the plan times its candidates.
 
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \\
-        benchmarks/bench_augment.py l3_aug l3_control l2_aug
+        benchmarks/bench_augment.py l3_aug l3_control l2_h05_aug l3_f1_control
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ RUNS = {  # part: (levers, recovery fields)
     "l3_control": (dict(layers=3, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1))),
     "l2_aug": (dict(layers=2, heads=1.0, ffn=1.0), dict(augment=COPIES, epochs=1.0)),
     "l2_h05_aug": (dict(layers=2, heads=0.5, ffn=1.0), dict(augment=COPIES, epochs=1.0)),
+    "l3_f1_control": (dict(layers=3, heads=0.5, ffn=1.0), dict(epochs=float(COPIES + 1))),  # the plan's closest
 }
 _STATE: dict[str, Any] = {}
 
