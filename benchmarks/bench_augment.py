@@ -100,10 +100,9 @@ def main(parts: list[str]) -> None:
 
 
 def markdown() -> str:
-    path = common.RESULTS / f"{RESULT}.json"
-    if not path.exists():
+    r = common.read_result(RESULT)
+    if r is None:
         return "(no results yet)"
-    r = json.loads(path.read_text())
     base = r["teacher_dev_acc"]
     out = [f"Teacher {base} dev accuracy; seq {SEQ}, {r['threads']} threads, speed-ups against the fp32 teacher "
            "timed in the same pair.", "",

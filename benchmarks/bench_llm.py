@@ -363,10 +363,9 @@ def run_parts(result: str, table: dict[str, Any], parts: list[str], show: Any) -
 
 
 def markdown() -> str:
-    path = common.RESULTS / f"{RESULT}.json"
-    if not path.exists():
+    r = common.read_result(RESULT)
+    if r is None:
         return "(no results yet)"
-    r = json.loads(path.read_text())
     out = ["| variant | WikiText-2 test ppl | zeros in the layers' Linears | sparse-encoded MB | prune s |",
            "|---|---|---|---|---|"]
     for part in ("prune", "depth"):

@@ -271,10 +271,9 @@ def main(parts: list[str]) -> None:
 
 
 def markdown() -> str:
-    path = common.RESULTS / f"{RESULT}.json"
-    if not path.exists():
+    r = common.read_result(RESULT)
+    if r is None:
         return "(no results yet)"
-    r = json.loads(path.read_text())
     rows = [n for n in ("teacher", *VARIANTS, "seq_kd", "prune_int8") if n in r]
     if not rows:
         return "(no model rows yet)"

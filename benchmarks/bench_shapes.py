@@ -140,10 +140,9 @@ def _size(c: dict[str, Any]) -> str:
 
 
 def markdown() -> str:
-    path = common.RESULTS / f"{RESULT}.json"
-    if not path.exists():
+    r = common.read_result(RESULT)
+    if r is None:
         return "(no results yet)"
-    r = json.loads(path.read_text())
     out = []
     if "mt_teacher" in r:
         t = r["mt_teacher"]

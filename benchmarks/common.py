@@ -106,6 +106,12 @@ def ready_teacher(name: str, threads: int) -> tuple[Any, Any, Any]:
     return model.eval(), tok, task(name)
 
 
+def read_result(name: str) -> dict[str, Any] | None:
+    """benchmarks/results/<name>.json as a dict, or None before its first run."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def previous_parts(name: str, keep: set[str]) -> dict[str, Any]:
     """The entries named in `keep` of benchmarks/results/<name>.json, if it exists (parts re-run one by one)."""
     path = RESULTS / f"{name}.json"
