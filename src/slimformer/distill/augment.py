@@ -3,9 +3,9 @@ teacher, so a small student sees many more inputs than the task's training split
 
 Rules (Tang et al. 2019, "Distilling Task-Specific Knowledge from BERT into Simple Neural Networks", section
 3.3; TinyBERT's augmentation serves the same purpose with word replacement by a masked LM): every copy alters
-each word of a text independently, with probability `p_mask` into the tokenizer's mask token and with
-probability `p_swap` into a word drawn from the training texts' own word frequencies (our stand-in for the
-paper's same-part-of-speech replacement: no tagger needed, any language); then, with probability `p_ngram`, a
+each word of a text independently, with probability P_MASK into the tokenizer's mask token and with
+probability P_SWAP into a word drawn from the training texts' own word frequencies (our stand-in for the
+paper's same-part-of-speech replacement: no tagger needed, any language); then, with probability P_NGRAM, a
 single-text example is cut to a random n-gram of 1 to 5 of its words (pairs keep their full texts: a cut
 sentence changes what a pair means). Augmented copies carry no gold label: the teacher's prediction (argmax
 for classification, its value for regression) becomes their label, and the soft targets their KD term.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from itertools import accumulate
 from dataclasses import replace
+from itertools import accumulate
 from typing import Any, Sequence
 
 import torch
