@@ -4,7 +4,7 @@
 Each part is one candidate of `slimformer plan`'s grid (the same steps: prune_vocab, drop_layers alternate,
 prune_heads / prune_ffn, distill kd 1 ce 0.5 lr 1e-4 with cached teacher logits, dynamic INT8), recovered
 either on 8 augmented copies + the originals for 1 epoch, or, as the control, on the originals alone for 9
-epochs: the same 1,947 optimizer steps at batch 32 on SST-2's 6,920 sentences. Every final model is
+epochs: 1,947 and 1,953 optimizer steps at batch 32 on SST-2's 6,920 sentences. Every final model is
 evaluated on the full dev split and timed interleaved with the fp32 PyTorch teacher, one pair at a time
 (seq 128, 2 threads, batch 1 and 32), as the plan times its candidates.
 
