@@ -34,48 +34,41 @@ RUNS = {  # part: (levers, recovery fields)
 _STATE: dict[str, Any] = {}
 
 
-def _steps(levers: dict[str, Any], recovery: dict[str, Any]) -> list[dict[str, Any]]:
+def _candidate(part: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The plan's grid point for `part` and its steps, with the part's recovery fields on the distill step."""
     from slimformer.plan.space import Candidate, SearchSpace
 
+    levers, recovery = RUNS[part]
     c = Candidate(vocab=True, int8=True, total_layers=6, **levers)
     steps = c.steps(SearchSpace(), embedding=False, proxy=False)
     for s in steps:
         if s["step"] == "distill":
             s.update(recovery)
-    return steps
+    return c, steps
 
 
 def run(part: str) -> dict[str, Any]:
-    """One candidate: compress (resumable in its folder), then dev accuracy, size and pair-timed speed-ups."""
-    import yaml
-
+    """One candidate through the plan's own runner (a compress run, skipped when its folder holds the same
+    recipe) and pair timing against the teacher; then dev accuracy, size and speed-ups."""
     from slimformer import models
-    from slimformer.bench import compare_latency
-    from slimformer.recipe import EvalSettings, compress
+    from slimformer.plan.search import PlanSettings, _measure_latency, _run
     from slimformer.report import load_summary
 
     teacher, tok, t = _STATE["teacher"], _STATE["tok"], _STATE["task"]
-    levers, recovery = RUNS[part]
-    steps = _steps(levers, recovery)
-    out = common.CACHE / "work" / "bench_augment" / part
-    text = yaml.safe_dump({"task": t.name, "eval": {"seq_len": SEQ}, "steps": steps}, sort_keys=False)
+    c, steps = _candidate(part)
+    settings = PlanSettings(seq_len=SEQ, batches=list(BATCHES), threads=THREADS)
     t0 = time.perf_counter()
-    if not ((out / "summary.json").exists() and (out / "recipe.yaml").read_text() == text):
-        compress(teacher, tok, steps, out, t, EvalSettings(batches=[1], latency_budget_s=0.3, each_step=False,
-                                                           threads=THREADS, tolerance=None), recipe_text=text)
-    rows = load_summary(out)["rows"]
-    model, mtok = models.load(str(out), task=t)
+    done = _run(teacher, tok, t, c, steps, common.CACHE / "work" / "bench_augment" / part, settings, final=False)
+    model, mtok = models.load(done["run"], task=t)
     small_tok = min([tok, mtok], key=len)  # random ids valid for both models
-    speed: dict[str, Any] = {}
-    for b in BATCHES:
-        lat = compare_latency({"teacher": teacher, part: model}, small_tok, b, SEQ, THREADS, budget_s=BUDGET_S)
-        speed[f"b{b}"] = {"speedup": round(lat["teacher"].median_ms / lat[part].median_ms, 2),
-                          "teacher": lat["teacher"].summary(), "model": lat[part].summary()}
-    distill_row = next(r for r in rows if r.get("step") == "distill")
+    lat = _measure_latency({part: model}, teacher, small_tok, settings, BUDGET_S / 2)
+    speed = {f"b{b}": {"speedup": round(lat[b][f"input@{part}"]["median_ms"] / lat[b][part]["median_ms"], 2),
+                       "teacher": lat[b][f"input@{part}"], "model": lat[b][part]} for b in BATCHES}
+    distill_row = next(r for r in load_summary(done["run"])["rows"] if r.get("step") == "distill")
+    levers, recovery = RUNS[part]
     res = {"part": part, "levers": levers, "recovery": recovery, "steps": steps,
-           "dev_acc": round(100 * rows[-1]["metrics"]["accuracy"], 2),
-           "size_mb": round(rows[-1]["size_bytes"] / 1e6, 2),
-           "params": rows[-1]["params"], "speedup_b1": speed["b1"]["speedup"], "speedup_b32": speed["b32"]["speedup"],
+           "dev_acc": round(100 * done["metrics"]["accuracy"], 2), "size_mb": round(done["size_bytes"] / 1e6, 2),
+           "params": done["params"], "speedup_b1": speed["b1"]["speedup"], "speedup_b32": speed["b32"]["speedup"],
            "speed": speed, "distill_s": distill_row.get("seconds"), "wall_s": round(time.perf_counter() - t0, 1),
            "distill_notes": {k: v for k, v in distill_row.get("info", {}).get("distill", {}).items()
                              if k in ("augment", "train_loss", "teacher_cache_s", "wall_s")}}
