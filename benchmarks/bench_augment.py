@@ -58,7 +58,7 @@ def run(part: str) -> dict[str, Any]:
     c, steps = _candidate(part)
     settings = PlanSettings(seq_len=SEQ, batches=list(BATCHES), threads=THREADS)
     t0 = time.perf_counter()
-    done = _run(teacher, tok, t, c, steps, common.CACHE / "work" / "bench_augment" / part, settings, final=False)
+    done = _run(teacher, tok, t, c, steps, common.CACHE / "work" / RESULT / part, settings, final=False)
     model, mtok = models.load(done["run"], task=t)
     small_tok = min([tok, mtok], key=len)  # random ids valid for both models
     lat = _measure_latency({part: model}, teacher, small_tok, settings, BUDGET_S / 2)
