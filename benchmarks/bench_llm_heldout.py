@@ -70,54 +70,49 @@ def _variants(tok: Any, batches: list, group: int = 32) -> dict[str, Callable[[A
     }
 
 
-def heldout() -> dict[str, Any]:
+def _measured(name: str, make: Callable[[Any], Any], base: Any, task: Any, texts: dict[str, list[int]],
+              **extra: Any) -> dict[str, Any]:
+    """Make one variant from a copy of base and score it on every text (perplexity, the task's context and
+    stride); the row is printed and returned."""
     from slimformer.tasks.language_modeling import perplexity
 
+    t0 = time.perf_counter()
+    model = make(copy.deepcopy(base))
+    row = {"variant": name, **extra, "make_s": round(time.perf_counter() - t0, 1),
+           "tensor_mb": bench_llm._tensor_mb(model)}
+    for text, ids in texts.items():
+        row[text] = round(perplexity(model, ids, task.context, task.stride), 3)
+    print(json.dumps(row))
+    return row
+
+
+def _texts(tok: Any, task: Any) -> dict[str, list[int]]:
+    return {"wikitext2": task.stream(tok, "test")[: bench_llm.EVAL_TOKENS], "captions": _captions(tok)}
+
+
+def heldout() -> dict[str, Any]:
     base, tok, task, batches = bench_llm._setup()
-    wiki = task.stream(tok, "test")[: bench_llm.EVAL_TOKENS]
-    caps = _captions(tok)
-    rows = []
-    for name, make in _variants(tok, batches).items():
-        t0 = time.perf_counter()
-        model = make(copy.deepcopy(base))
-        secs = time.perf_counter() - t0
-        row = {"variant": name, "make_s": round(secs, 1), "tensor_mb": bench_llm._tensor_mb(model)}
-        for text, ids in (("wikitext2", wiki), ("captions", caps)):
-            row[text] = round(perplexity(model, ids, task.context, task.stride), 3)
-        print(json.dumps(row))
-        rows.append(row)
-        del model
-    return {"rows": rows, "tokens": {"wikitext2": len(wiki), "captions": len(caps)}, "context": task.context,
+    texts = _texts(tok, task)
+    rows = [_measured(name, make, base, task, texts) for name, make in _variants(tok, batches).items()]
+    return {"rows": rows, "tokens": {k: len(v) for k, v in texts.items()}, "context": task.context,
             "stride": task.stride, "captions_files": list(CAPTIONS), "calib_blocks": len(batches)}
 
 
 def calib_size(lines: tuple[int, ...] = (1024,)) -> dict[str, Any]:
     """One-shot 50% pruning with more calibration text (same seed; `lines` of WikiText-2 valid, cut into blocks
     of bench_llm.CALIB_LEN tokens), each model scored on WikiText-2 test and the captions."""
-    from slimformer.prune.oneshot import PruneOneShot, prune_oneshot
     from slimformer.quantize.guard import calibration_batches
-    from slimformer.tasks.language_modeling import perplexity
 
     base, tok, task, _ = bench_llm._setup()
-    wiki = task.stream(tok, "test")[: bench_llm.EVAL_TOKENS]
-    caps = _captions(tok)
+    texts = _texts(tok, task)
     rows = []
     for n in lines:
         batches = calibration_batches(tok, task, n, bench_llm.CALIB_LEN, batch_size=8, seed=0, split="dev",
                                       model=base)
-        blocks = sum(int(b["input_ids"].shape[0]) for b in batches)
-        for method in ("sparsegpt", "wanda"):
-            t0 = time.perf_counter()
-            model = copy.deepcopy(base)
-            prune_oneshot(model, PruneOneShot(method=method, sparsity=0.5), batches)
-            row = {"variant": f"{method} 50%", "calib_lines": n, "calib_blocks": blocks,
-                   "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches),
-                   "make_s": round(time.perf_counter() - t0, 1)}
-            for text, ids in (("wikitext2", wiki), ("captions", caps)):
-                row[text] = round(perplexity(model, ids, task.context, task.stride), 3)
-            print(json.dumps(row))
-            rows.append(row)
-            del model
+        calib = {"calib_lines": n, "calib_blocks": sum(int(b["input_ids"].shape[0]) for b in batches),
+                 "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches)}
+        makers = _variants(tok, batches)
+        rows += [_measured(name, makers[name], base, task, texts, **calib) for name in ("sparsegpt 50%", "wanda 50%")]
     return {"rows": rows, "context": task.context, "stride": task.stride}
 
 
