@@ -21,6 +21,7 @@ from ..models import get_adapter
 from ..progress import console
 from ..steps import Context, StepConfig, implements
 from ..tasks.base import Task
+from .augment import agreement, augment_examples, relabel
 from .layer_map import build_layer_map, describe_layer_map
 from .trainer import (DistillTrainer, IndexedDataset, LossWeights, attach_projections, detach_projections,
                       teacher_logits_cache)
@@ -192,8 +193,6 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
                                                 max_len)
     n_gold = len(examples)
     if cfg.augment:
-        from .augment import augment_examples
-
         examples = examples + augment_examples(examples, cfg.augment, seed, getattr(tokenizer, "mask_token", None))
     base = train_dataset(tokenizer, task, tcfg, examples)
     collate = task.collator(tokenizer, student)
@@ -203,8 +202,6 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: Any, task: Task, 
         cached = teacher_logits_cache(teacher, base, collate, work_dir / "teacher_logits.safetensors")
         cache_s = round(time.perf_counter() - t0, 2)
         if cfg.augment:
-            from .augment import agreement, relabel
-
             aug = {"copies": cfg.augment, "examples": relabel(base, cached, n_gold, task.distill_target),
                    "teacher_agrees_with_gold": agreement(base, cached, n_gold, task.distill_target)}
         cached = cached if cfg.cache_teacher else None
