@@ -5,9 +5,11 @@ dropped by block influence (ShortGPT; the same calibration blocks and layers as 
 Perplexity on the first 16,384 tokens of WikiText-2 test (context 1,024, stride 512) before and after recovery;
 prefill (512 tokens) and decode (32 tokens, KV cache) at batch 1 against the original model in the same run.
 width_recover: as many parameters removed as FFN channels (activation importance), the same recovery budget.
+kv_width_recover: one of the 3 key/value groups of every layer and then FFN channels, to the same count.
 
     RECOVER_STEPS=100 flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py depth_recover
     RECOVER_STEPS=100 flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py width_recover
+    RECOVER_STEPS=100 flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py kv_width_recover
     flock /tmp/slimformer-heavy.lock python benchmarks/bench_llm_recovery.py structured_speed
     python benchmarks/bench_llm_recovery.py markdown
 """
@@ -61,6 +63,32 @@ def width_recover(drop: int = 6) -> dict[str, Any]:
     return {"ffn_kept_per_layer": keep, "ffn_width": ffns[0].width, "score_s": score_s,
             **_recover(f"FFN {ffns[0].width} -> {keep} per layer (activation)", base, model, tok, task,
                        f"llm_width_recover_{STEPS}")}
+
+
+def kv_width_recover(drop: int = 6, groups: int = 2) -> dict[str, Any]:
+    """Width pruning of both halves of each layer: `groups` of the 3 key/value groups kept per layer (with all
+    their query heads; `prune_heads criterion: activation`), then FFN channels (as width_recover) until as many
+    parameters are gone as dropping `drop` layers removes; the same recovery as depth_recover."""
+    from slimformer.models import get_adapter, num_params
+    from slimformer.models.linear import in_features
+    from slimformer.steps import Context, apply_step, parse_step
+
+    base, tok, task, _ = bench_llm._setup()
+    ffns = get_adapter(base).ffn(base)
+    layer_params = sum(p.numel() for p in base.model.layers[0].parameters())
+    per_neuron = sum(in_features(u) for u in ffns[0].up) + ffns[0].down.weight.shape[0]
+    ctx = Context(tokenizer=tok, task=task, work_dir=common.CACHE / "llm_kv_width", seed=0, max_len=BLOCK)
+    score = {"criterion": "activation", "scope": "per_layer", "importance_examples": 64, "batch_size": 8}
+    t0 = time.perf_counter()
+    model = apply_step(copy.deepcopy(base), parse_step({"step": "prune_heads", "keep_count": groups, **score}, 0), ctx)
+    attn_cut = num_params(base) - num_params(model)
+    keep = ffns[0].width - 8 * round((drop * layer_params - attn_cut) / (len(ffns) * per_neuron) / 8)
+    model = apply_step(model, parse_step({"step": "prune_ffn", "keep_count": keep, **score}, 1), ctx)
+    score_s = round(time.perf_counter() - t0, 1)
+    label = f"KV groups 3 -> {groups} and FFN {ffns[0].width} -> {keep} per layer (activation)"
+    return {"kv_groups_kept_per_layer": groups, "ffn_kept_per_layer": keep, "ffn_width": ffns[0].width,
+            "attention_params_cut": attn_cut, "score_s": score_s,
+            **_recover(label, base, model, tok, task, f"llm_kv_width_recover_{STEPS}")}
 
 
 def structured_speed(rounds: int = 6) -> dict[str, Any]:
@@ -138,7 +166,8 @@ def main(parts: list[str]) -> None:
 
 def markdown() -> str:
     res = json.loads((common.RESULTS / f"{RESULT}.json").read_text())
-    out = [_part_markdown(name, res[name]) for name in ("depth_recover", "width_recover") if name in res]
+    out = [_part_markdown(name, res[name]) for name in ("depth_recover", "width_recover", "kv_width_recover")
+           if name in res]
     if "structured_speed" in res:
         r = res["structured_speed"]
         rows = ["| shape (untrained cut, fp32, batch 1) | parameters | prefill 512 ms | x base | decode tokens/s "
@@ -153,6 +182,8 @@ def _part_markdown(name: str, r: dict[str, Any]) -> str:
     base = r["rows"][0]["perplexity"]
     what = f"Kept layers {r['kept']}" if "kept" in r else f"FFN neurons kept per layer {r['ffn_kept_per_layer']} of " \
         f"{r['ffn_width']} (scored in {r['score_s']} s)"
+    if "kv_groups_kept_per_layer" in r:
+        what = f"key/value groups kept per layer {r['kv_groups_kept_per_layer']} of 3, then {what[0].lower()}{what[1:]}"
     out = [f"**{name}**: {what}; parameters {r['params']['base'] / 1e6:.1f}M -> {r['params']['pruned'] / 1e6:.1f}M; "
            f"recovery: {r['steps']} steps of {r['batch']} x {r['block']} tokens ({r['train_tokens']:,} tokens), "
            f"lr {r['lr']}, {r['train_s'] / 60:.1f} min on {bench_llm.THREADS} threads.", "",
@@ -167,7 +198,8 @@ def _part_markdown(name: str, r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-PARTS = {"depth_recover": depth_recover, "width_recover": width_recover, "structured_speed": structured_speed}
+PARTS = {"depth_recover": depth_recover, "width_recover": width_recover, "kv_width_recover": kv_width_recover,
+         "structured_speed": structured_speed}
 
 if __name__ == "__main__":
     common.parts_cli("bench_llm_recovery.py", PARTS, main, markdown)
