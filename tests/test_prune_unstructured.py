@@ -201,3 +201,18 @@ def test_movement_score_is_minus_w_times_grad(tiny_bert, tokenizer, tiny_task):
         model(**b).loss.backward()
     for n, m in mods.items():
         torch.testing.assert_close(got[n], -(m.weight * m.weight.grad).detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_python_api_without_work_dir_leaves_no_scratch(tiny_bert, tokenizer, tiny_task, tmp_path, monkeypatch):
+    """Recovery checkpoints of a call without work_dir go to a temporary folder that is removed afterwards."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cfg = sf.PruneUnstructured(sparsity=0.5, steps=1, recovery_steps=2, batch_size=8)
+    _, info = sf.prune_unstructured(tiny_bert(layers=1), cfg, tokenizer, tiny_task)
+    assert "recovery_train_loss" in info["increments"][0]
+    heads = sf.PruneHeads(keep=0.5, rounds=2, recovery_epochs=1, recovery_examples=8, importance_examples=8,
+                          batch_size=8)
+    _, info = sf.prune_heads(tiny_bert(layers=1), heads, tokenizer, tiny_task, max_len=16)
+    assert "recovery_train_loss" in info["rounds"][0]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("slimformer-")]

@@ -56,6 +56,17 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None, **meta: Any) -> 
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def work_or_temp(work_dir: str | os.PathLike | None, prefix: str) -> Iterator[Path]:
+    """`work_dir` as given, or a temporary folder that is removed on exit (training scratch of a Python API call
+    made without a work folder: checkpoints there are not worth keeping and must not pile up in /tmp)."""
+    if work_dir:
+        yield Path(work_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        yield Path(d)
+
+
 def recover_killed_writes(out: Path) -> None:
     """Tidy what an atomic_dir of `out` killed by SIGKILL left: its temporary folder is removed and, when it
     died between moving the previous `out` aside and renaming the new one in, the previous one is put back.

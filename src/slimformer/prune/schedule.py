@@ -7,7 +7,6 @@ round, and an optional short recovery fine-tune runs between rounds.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -16,6 +15,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import check
+from ..fsutil import work_or_temp
 from ..models import iter_units
 from ..steps import StepConfig
 from ..tasks.base import Task
@@ -121,7 +121,14 @@ def select(scores: dict[Any, torch.Tensor], target: list[int] | int, min_per_lay
 def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.Module, dict[str, list[int]]], None],
                tokenizer: Any = None, task: Task | None = None, work_dir: str | Path | None = None,
                seed: int = 42, max_len: int = 128) -> dict[str, Any]:
-    """Score, select and physically prune in cfg.rounds rounds; returns what was kept (original indices)."""
+    """Score, select and physically prune in cfg.rounds rounds; returns what was kept (original indices).
+    Recovery checkpoints between rounds go to work_dir, or to a temporary folder removed on return."""
+    with work_or_temp(work_dir, "slimformer-prune-") as base:
+        return _run_rounds(model, cfg, apply_keep, tokenizer, task, base, seed, max_len)
+
+
+def _run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.Module, dict[str, list[int]]], None],
+                tokenizer: Any, task: Task | None, base: Path, seed: int, max_len: int) -> dict[str, Any]:
     from ..train import TrainConfig, finetune
 
     if cfg.needs_data:
@@ -157,7 +164,6 @@ def run_rounds(model: nn.Module, cfg: StructuredPrune, apply_keep: Callable[[nn.
             assert task is not None
             tcfg = TrainConfig(epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.batch_size,
                                max_len=max_len, seed=seed, max_train_examples=cfg.recovery_examples)
-            base = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="slimformer-prune-"))
             model, stats = finetune(model, tokenizer, task, tcfg, base / f"recovery-{k}")
             history[-1]["recovery_train_loss"] = stats.get("train_loss")
     return {"unit": cfg.unit, "kept": dict(origin), "units": list(origin),

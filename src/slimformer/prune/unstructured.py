@@ -34,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..errors import check
+from ..fsutil import work_or_temp
 from ..models import get_adapter
 from ..models.linear import is_linear
 from ..steps import regexes, Context, StepConfig, implements
@@ -276,7 +277,14 @@ def _recover(model: nn.Module, cfg: PruneUnstructured, n_steps: int, callback: A
 def prune_unstructured(model: nn.Module, cfg: PruneUnstructured, tokenizer: Any = None, task: Task | None = None,
                        work_dir: str | Path | None = None, seed: int = 42, max_len: int = 128,
                        resume: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Prune model's weights in place by cfg; returns (model, sparsity report with the per-increment history)."""
+    """Prune model's weights in place by cfg; returns (model, sparsity report with the per-increment history).
+    Recovery checkpoints go to work_dir, or to a temporary folder removed on return."""
+    with work_or_temp(work_dir, "slimformer-unstructured-") as base:
+        return _prune_unstructured(model, cfg, tokenizer, task, base, seed, max_len, resume)
+
+
+def _prune_unstructured(model: nn.Module, cfg: PruneUnstructured, tokenizer: Any, task: Task | None, base: Path,
+                        seed: int, max_len: int, resume: bool) -> tuple[nn.Module, dict[str, Any]]:
     from .importance import importance_batches
 
     if cfg.needs_data:
@@ -290,7 +298,6 @@ def prune_unstructured(model: nn.Module, cfg: PruneUnstructured, tokenizer: Any 
     if cfg.criterion == "movement":
         assert task is not None
         batches = importance_batches(tokenizer, task, cfg.score_examples, max_len, cfg.batch_size, seed, model)
-    base = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="slimformer-unstructured-"))
     callback = mask_callback(mods, masks)
     history = []
     schedule = cubic_schedule(cfg.sparsity, cfg.steps)
