@@ -6,10 +6,13 @@ prune_heads / prune_ffn, distill kd 1 ce 0.5 lr 1e-4 with cached teacher logits,
 either on 8 augmented copies + the originals for 1 epoch, or, as the control, on the originals alone for 9
 epochs: 1,947 and 1,953 optimizer steps at batch 32 on SST-2's 6,920 sentences. Every final model is
 evaluated on the full dev split and timed interleaved with the fp32 PyTorch teacher, one pair at a time
-(seq 128, 2 threads, batch 1 and 32), as the plan times its candidates.
+(seq 128, 2 threads, batch 1 and 32), as the plan times its candidates. `l3_f1_hidden` / `l3_hidden` add
+TinyBERT's hidden-state term to the 9-epoch control; `real_lengths` times every finished model against the
+teacher on the dev sentences at their real lengths (dynamic padding, tokenisation included).
 
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \\
         benchmarks/bench_augment.py l3_aug l3_control l2_h05_aug l3_f1_control
+    flock ... benchmarks/bench_augment.py l3_f1_hidden l3_hidden real_lengths
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ import common
 RESULT = "augment_sst2"
 THREADS, SEQ, BATCHES, BUDGET_S = 2, 128, (1, 32), 20.0
 COPIES = 8
+DEV_LIMIT: int | None = None  # sentences timed by real_lengths (all of dev)
 HIDDEN = dict(hidden=1.0, cache_teacher=False)
 RUNS = {  # part: (levers, recovery fields)
     "l3_aug": (dict(layers=3, heads=0.5, ffn=0.5), dict(augment=COPIES, epochs=1.0)),
@@ -81,6 +85,45 @@ def run(part: str) -> dict[str, Any]:
     return res
 
 
+def _run_dir(part: str) -> Any:
+    """Where a part's final model is (runs before commit 76875c0 wrote to work/bench_augment/), or None."""
+    for d in (common.CACHE / "work" / RESULT / part, common.CACHE / "work" / "bench_augment" / part):
+        if (d / "summary.json").exists() and (d / "recipe.yaml").read_text() == _recipe_text(part):
+            return d
+    return None
+
+
+def _recipe_text(part: str) -> str:
+    import yaml
+
+    recipe = {"task": _STATE["task"].name, "eval": {"seq_len": SEQ}, "steps": _candidate(part)[1]}
+    return yaml.safe_dump(recipe, sort_keys=False)  # as plan.search._run writes it
+
+
+def real_lengths(payload: dict[str, Any]) -> dict[str, Any]:
+    """Every finished part's model against the teacher at SST-2's real lengths: the dev sentences end to end
+    (each model with its own tokenizer, dynamic padding, sorted by length) at batch 1 and 32, one pair at a
+    time, 3 interleaved passes each; sentences/s of the median pass."""
+    from slimformer import models
+    from slimformer.throughput import predictor, sentence_throughput
+
+    teacher, tok, t = _STATE["teacher"], _STATE["tok"], _STATE["task"]
+    texts = [ex.text for ex in t.split("dev")][:DEV_LIMIT]
+    out: dict[str, Any] = {"sentences": len(texts), "mean_tokens": round(
+        sum(len(x) for x in tok(texts)["input_ids"]) / len(texts), 1), "rounds": 3}
+    for part in [p for p in RUNS if p in payload and _run_dir(p)]:
+        model, mtok = models.load(_run_dir(part), task=t)
+        row = {}
+        for b in BATCHES:
+            tp = sentence_throughput(lambda: {"teacher": predictor(teacher, tok), part: predictor(model, mtok)},
+                                     texts, b, THREADS, rounds=3, tokenizer=tok)
+            row[f"b{b}"] = {"speedup": round(tp[part].sentences_per_s / tp["teacher"].sentences_per_s, 2),
+                            "teacher": tp["teacher"].as_dict(), "model": tp[part].as_dict()}
+        out[part] = row
+        print(part, {b: (v["speedup"], v["model"]["reliable"]) for b, v in row.items()}, flush=True)
+    return out
+
+
 def main(parts: list[str]) -> None:
     import torch
 
@@ -89,12 +132,19 @@ def main(parts: list[str]) -> None:
     from slimformer.evaluate import evaluate_task
 
     _STATE.update(teacher=teacher, tok=tok, task=t)
-    payload = common.previous_parts(RESULT, set(RUNS) - set(parts) | {"teacher_dev_acc"})
+    payload = common.previous_parts(RESULT, (set(RUNS) | {"real_lengths", "teacher_dev_acc"}) - set(parts))
     payload["teacher_dev_acc"] = round(100 * evaluate_task(teacher, tok, t, "dev", 128)["accuracy"], 2)
     for p in parts:
-        payload[p] = run(p)
+        payload[p] = real_lengths(payload) if p == "real_lengths" else run(p)
         print(f"wrote {common.write_result(RESULT, {'copies': COPIES, 'threads': THREADS, **payload})}")
     print(markdown())
+
+
+def _label(x: dict[str, Any]) -> str:
+    """'candidate | recovery' cells of a part's result."""
+    lv = x["levers"]
+    rec = ", ".join(f"{k} {v:g}" for k, v in x["recovery"].items() if k != "cache_teacher")
+    return f"L{lv['layers']}-h{lv['heads']:g}-f{lv['ffn']:g}-vocab-int8 | {rec}"
 
 
 def markdown() -> str:
@@ -109,18 +159,30 @@ def markdown() -> str:
     for p in RUNS:
         if p in r:
             x = r[p]
-            lv = x["levers"]
-            rec = ", ".join(f"{k} {v:g}" for k, v in x["recovery"].items() if k != "cache_teacher")
-            out.append(f"| L{lv['layers']}-h{lv['heads']:g}-f{lv['ffn']:g}-vocab-int8 | {rec} | {x['dev_acc']} | "
+            out.append(f"| {_label(x)} | {x['dev_acc']} | "
                        f"{x['dev_acc'] - base:+.2f} | {x['size_mb']} | {x['speedup_b1']} | {x['speedup_b32']} | "
                        f"{x['distill_s']} |")
+    if "real_lengths" in r:
+        rl = r["real_lengths"]
+        out += ["", f"At SST-2's real lengths ({rl['sentences']} dev sentences, {rl['mean_tokens']} tokens on average "
+                "for the teacher, dynamic padding, tokenisation included; `?`: flagged unreliable):", "",
+                "| candidate | recovery | b1 speed-up | b32 speed-up | b1 sentences/s (teacher) | "
+                "b32 sentences/s (teacher) |", "|---|---|---|---|---|---|"]
+        for p in RUNS:
+            if p in rl:
+                x = rl[p]
+                cells = [f"{x[b]['speedup']}{'' if x[b]['model']['reliable'] and x[b]['teacher']['reliable'] else ' ?'}"
+                         for b in ("b1", "b32")]
+                rates = [f"{x[b]['model']['sentences_per_s']:.0f} ({x[b]['teacher']['sentences_per_s']:.0f})"
+                         for b in ("b1", "b32")]
+                out.append(f"| {_label(r[p])} | {' | '.join(cells)} | {' | '.join(rates)} |")
     return "\n".join(out)
 
 
 if __name__ == "__main__":
     if os.environ.get("BENCH_SMOKE"):
-        RESULT, COPIES, BUDGET_S = "augment_sst2_smoke", 1, 1.0
+        RESULT, COPIES, BUDGET_S, DEV_LIMIT = "augment_sst2_smoke", 1, 1.0, 64
         small = {"max_steps": 2, "max_train_examples": 64}
         RUNS = {k: (lv, {**rec, **small, **({"augment": 1} if "augment" in rec else {})})
                 for k, (lv, rec) in RUNS.items()}
-    common.parts_cli("bench_augment.py", RUNS, main, markdown)
+    common.parts_cli("bench_augment.py", {**RUNS, "real_lengths": real_lengths}, main, markdown)

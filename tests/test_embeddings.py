@@ -207,6 +207,17 @@ def test_sentence_throughput_encodes_the_corpus_with_every_candidate(tokenizer, 
         assert r.mean_tokens > 4
 
 
+def test_predictor_runs_a_classifier_at_real_lengths(tiny_bert, tokenizer):
+    """Dynamic padding does not change a sentence's logits: batched equals one by one."""
+    from slimformer.throughput import predictor
+
+    model = tiny_bert().eval()
+    run = predictor(model, tokenizer)
+    batched = run(SENTENCES[:6]).logits
+    alone = torch.cat([run([s]).logits for s in SENTENCES[:6]])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name, content, fragment", [
     ("empty.txt", "\n\n", "no text"),
     ("t.csv", "id,score\n1,2\n", "no text column among"),

@@ -2,7 +2,8 @@
 
 A corpus of real sentences is encoded end to end (tokenisation, forward, mean pooling, normalisation):
 sorted by length, cut into batches of `batch`, each batch padded only to its own longest sentence (dynamic
-padding), as sentence-transformers' `encode` does. Candidates are timed interleaved in the same process
+padding), as sentence-transformers' `encode` does (`predictor` runs a task model the same way, to time it at a
+task's real lengths rather than a fixed 128). Candidates are timed interleaved in the same process
 (one pass over the corpus each, in turn, for `rounds` rounds) after a warm-up, so machine noise hits them
 alike; the figure is the median pass. The machine is watched and the passes checked with the same rules as
 every latency (reliability.py): a result carries its spread, `reliable` and a `warning`.
@@ -58,6 +59,20 @@ def encoder(model: torch.nn.Module, tokenizer: Any, max_len: int = 128) -> Encod
         enc = tokenizer(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
         inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         return torch.nn.functional.normalize(mean_pool(fwd(inputs), enc["attention_mask"]), dim=-1)
+
+    return run
+
+
+def predictor(model: Any, tokenizer: Any, max_len: int = 128) -> Encoder:
+    """A task model (classifier, regressor) run end to end on single sentences: tokenise with dynamic padding and
+    run it (torch, or slimformer's ORT-wrapped module); returns its raw output. For timing at real lengths."""
+    from .bench import as_forward
+
+    fwd = as_forward(model)
+
+    def run(texts: list[str]) -> Any:
+        enc = tokenizer(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        return fwd({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
 
     return run
 
