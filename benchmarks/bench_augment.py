@@ -132,12 +132,11 @@ def main(parts: list[str]) -> None:
     from slimformer.evaluate import evaluate_task
 
     _STATE.update(teacher=teacher, tok=tok, task=t)
-    payload = common.previous_parts(RESULT, (set(RUNS) | {"real_lengths", "teacher_dev_acc"}) - set(parts))
-    payload["teacher_dev_acc"] = round(100 * evaluate_task(teacher, tok, t, "dev", 128)["accuracy"], 2)
-    for p in parts:
-        payload[p] = real_lengths(payload) if p == "real_lengths" else run(p)
-        print(f"wrote {common.write_result(RESULT, {'copies': COPIES, 'threads': THREADS, **payload})}")
-    print(markdown())
+    header = {"copies": COPIES, "threads": THREADS,
+              "teacher_dev_acc": round(100 * evaluate_task(teacher, tok, t, "dev", 128)["accuracy"], 2)}
+    table = {p: (lambda p=p: run(p)) for p in RUNS}
+    table["real_lengths"] = lambda: real_lengths(common.read_result(RESULT) or {})
+    common.run_parts(RESULT, table, parts, markdown, header)
 
 
 def _label(x: dict[str, Any]) -> str:

@@ -354,12 +354,8 @@ def main(parts: list[str]) -> None:
 def run_parts(result: str, table: dict[str, Any], parts: list[str], show: Any) -> None:
     """Run `parts` of `table` on THREADS threads, keeping the other parts' stored results in results/`result`.json."""
     torch.set_num_threads(THREADS)
-    payload = common.previous_parts(result, set(table) - set(parts))
     header = {"threads": THREADS, "eval_tokens": EVAL_TOKENS, "calib_lines": CALIB, "calib_len": CALIB_LEN}
-    for p in parts:
-        payload[p] = table[p]()
-        print(f"wrote {common.write_result(result, {**header, **payload})}")
-    print(show())
+    common.run_parts(result, table, parts, show, header)
 
 
 def markdown() -> str:

@@ -261,13 +261,7 @@ PARTS: dict[str, Any] = {"teacher": teacher, **{v: (lambda v=v: variant(v)) for 
 
 def main(parts: list[str]) -> None:
     torch.set_num_threads(THREADS)
-    payload = common.previous_parts(RESULT, set(PARTS) - set(parts))
-    for p in parts:  # written after every part: a later failure loses nothing
-        t0 = time.perf_counter()
-        payload[p] = PARTS[p]()
-        print(f"{p}: {json.dumps(payload[p], default=str)[:600]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        print(f"wrote {common.write_result(RESULT, {'threads': THREADS, 'budget': BUDGET, 'student': STUDENT, **payload})}")
-    print(markdown())
+    common.run_parts(RESULT, PARTS, parts, markdown, {"threads": THREADS, "budget": BUDGET, "student": STUDENT})
 
 
 def markdown() -> str:

@@ -119,6 +119,20 @@ def previous_parts(name: str, keep: set[str]) -> dict[str, Any]:
     return {k: v for k, v in prev.items() if k in keep}
 
 
+def run_parts(result: str, table: dict[str, Any], parts: list[str], show: Any,
+              header: dict[str, Any] | None = None) -> None:
+    """Run `parts` of `table` (name -> callable) in order, keeping the other parts' stored results of
+    results/`result`.json; the file is written after every part (with `header`), so a later failure loses
+    nothing; then print show()."""
+    payload = previous_parts(result, set(table) - set(parts))
+    for p in parts:
+        t0 = time.perf_counter()
+        payload[p] = table[p]()
+        print(f"{p} done in {time.perf_counter() - t0:.0f} s; wrote "
+              f"{write_result(result, {**(header or {}), **payload})}", flush=True)
+    print(show())
+
+
 def parts_cli(script: str, parts: dict[str, Any], main: Any, markdown: Any) -> None:
     """`script part [part ...]` runs those parts with main(parts); `script markdown` prints the tables."""
     args = sys.argv[1:]
