@@ -38,6 +38,8 @@ def plan(model: str = typer.Argument(..., help=MODEL_HELP + "; the fine-tuned mo
          epochs: float = typer.Option(3.0, help="epochs of the full recovery distillation"),
          augment: int = typer.Option(0, min=0, help="full recovery: teacher-labelled altered copies of every "
                                      "training sentence (distill augment; each copy adds an epoch's worth of steps)"),
+         hidden: float = typer.Option(0.0, min=0, help="full recovery: weight of TinyBERT's hidden-state loss "
+                                      "(distill hidden; the teacher runs live, about twice the training time)"),
          proxy_examples: int = typer.Option(8000, min=16, help="round 1: one epoch over at most this many "
                                             "training examples"),
          layers: str = typer.Option("1,0.67,0.5", help="fractions of the layers to try"),
@@ -65,7 +67,7 @@ def plan(model: str = typer.Argument(..., help=MODEL_HELP + "; the fine-tuned mo
 
     settings = PlanSettings(max_drop=max_drop, target_latency_ms=target_latency_ms, batch=batch,
                             max_size_mb=max_size_mb, budget_minutes=budget_minutes, seq_len=seq_len, threads=threads)
-    space = SearchSpace(epochs=epochs, proxy_examples=proxy_examples, augment=augment, **fractions)
+    space = SearchSpace(epochs=epochs, proxy_examples=proxy_examples, augment=augment, hidden=hidden, **fractions)
     td = _task(task, data, text_col=text_col, pair_col=pair_col, label_col=label_col, mode=mode)
     check(td.kind in ("classification", "similarity"), f"plan: task kind {td.kind} is not supported yet (it "
           "plans encoders: classification, regression, sentence embeddings)")

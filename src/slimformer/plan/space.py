@@ -4,7 +4,8 @@ Levers: depth (drop_layers, every other layer kept first: the DistilBERT choice)
 prune_ffn with gradient or embedding importance), the vocabulary (prune_vocab to the training text),
 INT8 (quantize_dynamic, the faster backend measured here), and the recovery budget (distill from the input
 model, or distill_embeddings for a sentence encoder; the full recovery may add teacher-labelled augmented
-copies of the training set, `augment`, which the one-epoch proxy never uses). The order inside a recipe is
+copies of the training set, `augment`, and TinyBERT's hidden-state term, `hidden`, which the one-epoch proxy
+never uses). The order inside a recipe is
 fixed: vocabulary, depth, width, recovery, INT8, so that recovery trains the final architecture and INT8
 quantizes trained weights.
 """
@@ -32,6 +33,8 @@ class SearchSpace(BaseModel):
     lr: float = Field(1e-4, gt=0)
     augment: int = Field(0, ge=0, description="full recovery only: teacher-labelled altered copies of every "
                          "training example (distill augment); not for sentence embeddings")
+    hidden: float = Field(0.0, ge=0, description="full recovery only: weight of TinyBERT's hidden-state MSE over "
+                          "the uniform layer map (the teacher then runs live: about twice the training time)")
     importance_examples: int = Field(256, ge=8)
 
 
@@ -80,7 +83,9 @@ def _recovery(space: SearchSpace, embedding: bool, proxy: bool) -> dict[str, Any
     budget: dict[str, Any] = {"epochs": 1.0 if proxy else space.epochs, "lr": space.lr}
     if embedding:
         return {"step": "distill_embeddings", **budget, **({"max_sentences": space.proxy_examples} if proxy else {})}
-    return {"step": "distill", "kd": 1.0, "ce": 0.5, "cache_teacher": True, **budget,
+    hidden = space.hidden if not proxy else 0.0
+    return {"step": "distill", "kd": 1.0, "ce": 0.5, "cache_teacher": not hidden, **budget,
+            **({"hidden": hidden} if hidden else {}),
             **({"max_train_examples": space.proxy_examples} if proxy else {}),
             **({"augment": space.augment} if space.augment and not proxy else {})}
 
