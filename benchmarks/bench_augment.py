@@ -12,7 +12,7 @@ teacher on the dev sentences at their real lengths (dynamic padding, tokenisatio
 
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \\
         benchmarks/bench_augment.py l3_aug l3_control l2_h05_aug l3_f1_control
-    flock ... benchmarks/bench_augment.py l3_f1_hidden l3_hidden real_lengths
+    flock ... benchmarks/bench_augment.py l3_f1_hidden l3_hidden real_lengths l3_f1_hidden_seed43
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -39,7 +39,9 @@ RUNS = {  # part: (levers, recovery fields)
     # runs live, since its cache holds logits only)
     "l3_f1_hidden": (dict(layers=3, heads=0.5, ffn=1.0), dict(epochs=float(COPIES + 1), **HIDDEN)),
     "l3_hidden": (dict(layers=3, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1), **HIDDEN)),
+    "l3_f1_hidden_seed43": (dict(layers=3, heads=0.5, ffn=1.0), dict(epochs=float(COPIES + 1), **HIDDEN)),
 }
+SEEDS = {"l3_f1_hidden_seed43": 43}  # compress's seed (data order, dropout, importance examples); default 42
 _STATE: dict[str, Any] = {}
 
 
@@ -67,7 +69,8 @@ def run(part: str) -> dict[str, Any]:
     c, steps = _candidate(part)
     settings = PlanSettings(seq_len=SEQ, batches=list(BATCHES), threads=THREADS)
     t0 = time.perf_counter()
-    done = _run(teacher, tok, t, c, steps, common.CACHE / "work" / RESULT / part, settings, final=False)
+    done = _run(teacher, tok, t, c, steps, common.CACHE / "work" / RESULT / part, settings, final=False,
+                seed=SEEDS.get(part, 42))
     model, mtok = models.load(done["run"], task=t)
     small_tok = min([tok, mtok], key=len)  # random ids valid for both models
     lat = _measure_latency({part: model}, teacher, small_tok, settings, BUDGET_S / 2)
@@ -75,7 +78,7 @@ def run(part: str) -> dict[str, Any]:
                        "teacher": lat[b][f"input@{part}"], "model": lat[b][part]} for b in BATCHES}
     distill_row = next(r for r in load_summary(done["run"])["rows"] if r.get("step") == "distill")
     levers, recovery = RUNS[part]
-    res = {"part": part, "levers": levers, "recovery": recovery, "steps": steps,
+    res = {"part": part, "levers": levers, "recovery": recovery, "seed": SEEDS.get(part, 42), "steps": steps,
            "dev_acc": round(100 * done["metrics"]["accuracy"], 2), "size_mb": round(done["size_bytes"] / 1e6, 2),
            "params": done["params"], "speedup_b1": speed["b1"]["speedup"], "speedup_b32": speed["b32"]["speedup"],
            "speed": speed, "distill_s": distill_row.get("seconds"), "wall_s": round(time.perf_counter() - t0, 1),
@@ -143,6 +146,7 @@ def _label(x: dict[str, Any]) -> str:
     """'candidate | recovery' cells of a part's result."""
     lv = x["levers"]
     rec = ", ".join(f"{k} {v:g}" for k, v in x["recovery"].items() if k != "cache_teacher")
+    rec += f", seed {x['seed']}" if x.get("seed", 42) != 42 else ""
     return f"L{lv['layers']}-h{lv['heads']:g}-f{lv['ffn']:g}-vocab-int8 | {rec}"
 
 

@@ -67,7 +67,7 @@ def _eval(settings: PlanSettings, final: bool) -> Any:
 
 
 def _run(model: Any, tok: Any, task: Any, c: Candidate, steps: list[dict[str, Any]], out: Path,
-         settings: PlanSettings, final: bool) -> dict[str, Any]:
+         settings: PlanSettings, final: bool, seed: int = 42) -> dict[str, Any]:
     """One candidate as a compress run in `out` (skipped when finished with the same steps)."""
     from ..recipe import compress
     from ..report import load_summary
@@ -77,7 +77,7 @@ def _run(model: Any, tok: Any, task: Any, c: Candidate, steps: list[dict[str, An
     if (out / "summary.json").exists() and (out / "recipe.yaml").exists() and (out / "recipe.yaml").read_text() == text:
         summary = load_summary(out)
     else:
-        compress(model, tok, steps, out, task, _eval(settings, final), recipe_text=text)
+        compress(model, tok, steps, out, task, _eval(settings, final), seed=seed, recipe_text=text)
         summary = load_summary(out)
     rows = summary["rows"]
     last = rows[-1]
