@@ -92,9 +92,11 @@ def test_plan_grid_and_pareto():
     assert all("augment" not in s for s in proxy)  # the proxy never does
     from slimformer.steps import parse_step
     assert parse_step(full[-2], 0).augment == 4  # and the step validates
-    full, proxy = (l3.steps(SearchSpace(hidden=1.0), False, p)[-2] for p in (False, True))
+    full, proxy = (l3.steps(SearchSpace(), False, p)[-2] for p in (False, True))
     assert (full["hidden"], full["cache_teacher"]) == (1.0, False) and parse_step(full, 0).hidden == 1.0
     assert "hidden" not in proxy and proxy["cache_teacher"]  # the proxy keeps the cheap cached logits
+    cheap = l3.steps(SearchSpace(hidden=0), False, False)[-2]
+    assert "hidden" not in cheap and cheap["cache_teacher"]
     pts = [{"a": 1, "b": 3}, {"a": 2, "b": 2}, {"a": 3, "b": 3}, {"a": 1, "b": 3}]
     assert pareto(pts, ("a", "b")) == [pts[0], pts[1], pts[3]]
 

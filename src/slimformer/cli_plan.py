@@ -38,8 +38,9 @@ def plan(model: str = typer.Argument(..., help=MODEL_HELP + "; the fine-tuned mo
          epochs: float = typer.Option(3.0, help="epochs of the full recovery distillation"),
          augment: int = typer.Option(0, min=0, help="full recovery: teacher-labelled altered copies of every "
                                      "training sentence (distill augment; each copy adds an epoch's worth of steps)"),
-         hidden: float = typer.Option(0.0, min=0, help="full recovery: weight of TinyBERT's hidden-state loss "
-                                      "(distill hidden; the teacher runs live, about twice the training time)"),
+         hidden: float = typer.Option(1.0, min=0, help="full recovery: weight of TinyBERT's hidden-state loss "
+                                      "(distill hidden; the teacher runs live, about twice the training time; "
+                                      "0: kd + ce on cached teacher logits)"),
          proxy_examples: int = typer.Option(8000, min=16, help="round 1: one epoch over at most this many "
                                             "training examples"),
          layers: str = typer.Option("1,0.67,0.5", help="fractions of the layers to try"),

@@ -33,8 +33,9 @@ class SearchSpace(BaseModel):
     lr: float = Field(1e-4, gt=0)
     augment: int = Field(0, ge=0, description="full recovery only: teacher-labelled altered copies of every "
                          "training example (distill augment); not for sentence embeddings")
-    hidden: float = Field(0.0, ge=0, description="full recovery only: weight of TinyBERT's hidden-state MSE over "
-                          "the uniform layer map (the teacher then runs live: about twice the training time)")
+    hidden: float = Field(1.0, ge=0, description="full recovery only: weight of TinyBERT's hidden-state MSE over "
+                          "the uniform layer map (the teacher then runs live: about twice the training time; "
+                          "+0.3 to +0.5 points on SST-2's 3-layer students, docs/BENCHMARKS.md section 12)")
     importance_examples: int = Field(256, ge=8)
 
 
