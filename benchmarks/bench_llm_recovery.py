@@ -183,7 +183,7 @@ def _part_markdown(name: str, r: dict[str, Any]) -> str:
     what = f"Kept layers {r['kept']}" if "kept" in r else f"FFN neurons kept per layer {r['ffn_kept_per_layer']} of " \
         f"{r['ffn_width']} (scored in {r['score_s']} s)"
     if "kv_groups_kept_per_layer" in r:
-        what = f"key/value groups kept per layer {r['kv_groups_kept_per_layer']} of 3, then {what[0].lower()}{what[1:]}"
+        what = f"key/value groups kept per layer {r['kv_groups_kept_per_layer']} of 3, then {what}"
     out = [f"**{name}**: {what}; parameters {r['params']['base'] / 1e6:.1f}M -> {r['params']['pruned'] / 1e6:.1f}M; "
            f"recovery: {r['steps']} steps of {r['batch']} x {r['block']} tokens ({r['train_tokens']:,} tokens), "
            f"lr {r['lr']}, {r['train_s'] / 60:.1f} min on {bench_llm.THREADS} threads.", "",
