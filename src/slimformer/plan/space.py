@@ -5,9 +5,8 @@ prune_ffn with gradient or embedding importance), the vocabulary (prune_vocab to
 INT8 (quantize_dynamic, the faster backend measured here), and the recovery budget (distill from the input
 model, or distill_embeddings for a sentence encoder; the full recovery may add teacher-labelled augmented
 copies of the training set, `augment`, and TinyBERT's hidden-state term, `hidden`, which the one-epoch proxy
-never uses). The order inside a recipe is
-fixed: vocabulary, depth, width, recovery, INT8, so that recovery trains the final architecture and INT8
-quantizes trained weights.
+never uses). The order inside a recipe is fixed: vocabulary, depth, width, recovery, INT8, so that recovery
+trains the final architecture and INT8 quantizes trained weights.
 """
 from __future__ import annotations
 
