@@ -27,6 +27,7 @@ import common
 RESULT = "llm_recovery"
 STEPS = int(os.environ.get("RECOVER_STEPS", "100"))
 BLOCK, BATCH, LR = 256, 4, 1e-4
+ACTIVATION = {"criterion": "activation", "scope": "per_layer", "importance_examples": 64, "batch_size": 8}
 
 
 def depth_recover(drop: int = 6) -> dict[str, Any]:
@@ -43,25 +44,17 @@ def width_recover(drop: int = 6) -> dict[str, Any]:
     """FFN channels of every layer pruned by activation importance (`prune_ffn criterion: activation`, the same
     count per layer, a multiple of 8) until as many parameters are gone as dropping `drop` layers removes; then
     the same recovery as depth_recover. Attention keeps its 3 key/value groups (a group is a third of it)."""
-    from slimformer.models import get_adapter
-    from slimformer.models.linear import in_features
     from slimformer.steps import Context, apply_step, parse_step
 
     base, tok, task, _ = bench_llm._setup()
-    ffns = get_adapter(base).ffn(base)
-    layer_params = sum(p.numel() for p in base.model.layers[0].parameters())
-    per_neuron = sum(in_features(u) for u in ffns[0].up) + ffns[0].down.weight.shape[0]
-    cut = 8 * round(drop * layer_params / (len(ffns) * per_neuron) / 8)
-    keep = ffns[0].width - cut
-    model = copy.deepcopy(base)
+    width, keep = _ffn_keep(base, drop * _layer_params(base))
     ctx = Context(tokenizer=tok, task=task, work_dir=common.CACHE / "llm_width", seed=0, max_len=BLOCK)
     t0 = time.perf_counter()
-    model = apply_step(model, parse_step({"step": "prune_ffn", "keep_count": keep, "scope": "per_layer",
-                                          "criterion": "activation", "importance_examples": 64,
-                                          "batch_size": 8}, 0), ctx)
+    model = apply_step(copy.deepcopy(base), parse_step({"step": "prune_ffn", "keep_count": keep, **ACTIVATION}, 0),
+                       ctx)
     score_s = round(time.perf_counter() - t0, 1)
-    return {"ffn_kept_per_layer": keep, "ffn_width": ffns[0].width, "score_s": score_s,
-            **_recover(f"FFN {ffns[0].width} -> {keep} per layer (activation)", base, model, tok, task,
+    return {"ffn_kept_per_layer": keep, "ffn_width": width, "score_s": score_s,
+            **_recover(f"FFN {width} -> {keep} per layer (activation)", base, model, tok, task,
                        f"llm_width_recover_{STEPS}")}
 
 
@@ -69,26 +62,36 @@ def kv_width_recover(drop: int = 6, groups: int = 2) -> dict[str, Any]:
     """Width pruning of both halves of each layer: `groups` of the 3 key/value groups kept per layer (with all
     their query heads; `prune_heads criterion: activation`), then FFN channels (as width_recover) until as many
     parameters are gone as dropping `drop` layers removes; the same recovery as depth_recover."""
-    from slimformer.models import get_adapter, num_params
-    from slimformer.models.linear import in_features
+    from slimformer.models import num_params
     from slimformer.steps import Context, apply_step, parse_step
 
     base, tok, task, _ = bench_llm._setup()
-    ffns = get_adapter(base).ffn(base)
-    layer_params = sum(p.numel() for p in base.model.layers[0].parameters())
-    per_neuron = sum(in_features(u) for u in ffns[0].up) + ffns[0].down.weight.shape[0]
     ctx = Context(tokenizer=tok, task=task, work_dir=common.CACHE / "llm_kv_width", seed=0, max_len=BLOCK)
-    score = {"criterion": "activation", "scope": "per_layer", "importance_examples": 64, "batch_size": 8}
     t0 = time.perf_counter()
-    model = apply_step(copy.deepcopy(base), parse_step({"step": "prune_heads", "keep_count": groups, **score}, 0), ctx)
+    model = apply_step(copy.deepcopy(base), parse_step({"step": "prune_heads", "keep_count": groups, **ACTIVATION}, 0),
+                       ctx)
     attn_cut = num_params(base) - num_params(model)
-    keep = ffns[0].width - 8 * round((drop * layer_params - attn_cut) / (len(ffns) * per_neuron) / 8)
-    model = apply_step(model, parse_step({"step": "prune_ffn", "keep_count": keep, **score}, 1), ctx)
+    width, keep = _ffn_keep(base, drop * _layer_params(base) - attn_cut)
+    model = apply_step(model, parse_step({"step": "prune_ffn", "keep_count": keep, **ACTIVATION}, 1), ctx)
     score_s = round(time.perf_counter() - t0, 1)
-    label = f"KV groups 3 -> {groups} and FFN {ffns[0].width} -> {keep} per layer (activation)"
-    return {"kv_groups_kept_per_layer": groups, "ffn_kept_per_layer": keep, "ffn_width": ffns[0].width,
+    label = f"KV groups 3 -> {groups} and FFN {width} -> {keep} per layer (activation)"
+    return {"kv_groups_kept_per_layer": groups, "ffn_kept_per_layer": keep, "ffn_width": width,
             "attention_params_cut": attn_cut, "score_s": score_s,
             **_recover(label, base, model, tok, task, f"llm_kv_width_recover_{STEPS}")}
+
+
+def _layer_params(base: Any) -> int:
+    return sum(p.numel() for p in base.model.layers[0].parameters())
+
+
+def _ffn_keep(base: Any, params: float) -> tuple[int, int]:
+    """(FFN width, channels to keep per layer, a multiple of 8 cut) so that about `params` parameters go."""
+    from slimformer.models import get_adapter
+    from slimformer.models.linear import in_features
+
+    ffns = get_adapter(base).ffn(base)
+    per_neuron = sum(in_features(u) for u in ffns[0].up) + ffns[0].down.weight.shape[0]
+    return ffns[0].width, ffns[0].width - 8 * round(params / (len(ffns) * per_neuron) / 8)
 
 
 def structured_speed(rounds: int = 6) -> dict[str, Any]:
