@@ -51,7 +51,7 @@ def _candidate(part: str) -> tuple[Any, list[dict[str, Any]]]:
 
     levers, recovery = RUNS[part]
     c = Candidate(vocab=True, int8=True, total_layers=6, **levers)
-    steps = c.steps(SearchSpace(), embedding=False, proxy=False)
+    steps = c.steps(SearchSpace(hidden=0), embedding=False, proxy=False)  # kd + ce; the parts add what they test
     for s in steps:
         if s["step"] == "distill":
             s.update(recovery)
@@ -90,17 +90,13 @@ def run(part: str) -> dict[str, Any]:
 
 def _run_dir(part: str) -> Any:
     """Where a part's final model is (runs before commit 76875c0 wrote to work/bench_augment/), or None."""
+    from slimformer.plan.search import finished_run
+
+    steps = _candidate(part)[1]
     for d in (common.CACHE / "work" / RESULT / part, common.CACHE / "work" / "bench_augment" / part):
-        if (d / "summary.json").exists() and (d / "recipe.yaml").read_text() == _recipe_text(part):
+        if finished_run(d, _STATE["task"].name, steps, SEQ)[0]:
             return d
     return None
-
-
-def _recipe_text(part: str) -> str:
-    import yaml
-
-    recipe = {"task": _STATE["task"].name, "eval": {"seq_len": SEQ}, "steps": _candidate(part)[1]}
-    return yaml.safe_dump(recipe, sort_keys=False)  # as plan.search._run writes it
 
 
 def real_lengths(payload: dict[str, Any]) -> dict[str, Any]:
@@ -112,14 +108,15 @@ def real_lengths(payload: dict[str, Any]) -> dict[str, Any]:
 
     teacher, tok, t = _STATE["teacher"], _STATE["tok"], _STATE["task"]
     texts = [ex.text for ex in t.split("dev")][:DEV_LIMIT]
-    out: dict[str, Any] = {"sentences": len(texts), "mean_tokens": round(
-        sum(len(x) for x in tok(texts)["input_ids"]) / len(texts), 1), "rounds": 3}
-    for part in [p for p in RUNS if p in payload and _run_dir(p)]:
-        model, mtok = models.load(_run_dir(part), task=t)
+    out: dict[str, Any] = {"sentences": len(texts), "rounds": 3}
+    dirs = {p: _run_dir(p) for p in RUNS if p in payload}
+    for part, run_dir in [(p, d) for p, d in dirs.items() if d]:
+        model, mtok = models.load(run_dir, task=t)
         row = {}
         for b in BATCHES:
             tp = sentence_throughput(lambda: {"teacher": predictor(teacher, tok), part: predictor(model, mtok)},
                                      texts, b, THREADS, rounds=3, tokenizer=tok)
+            out["mean_tokens"] = round(tp["teacher"].mean_tokens, 1)  # the teacher's tokens per sentence
             row[f"b{b}"] = {"speedup": round(tp[part].sentences_per_s / tp["teacher"].sentences_per_s, 2),
                             "teacher": tp["teacher"].as_dict(), "model": tp[part].as_dict()}
         out[part] = row
@@ -167,8 +164,8 @@ def markdown() -> str:
                        f"{x['distill_s']} |")
     if "real_lengths" in r:
         rl = r["real_lengths"]
-        out += ["", f"At SST-2's real lengths ({rl['sentences']} dev sentences, {rl['mean_tokens']} tokens on average "
-                "for the teacher, dynamic padding, tokenisation included; `?`: flagged unreliable):", "",
+        out += ["", f"At SST-2's real lengths ({rl['sentences']} dev sentences, {rl.get('mean_tokens', '?')} tokens "
+                "on average for the teacher, dynamic padding, tokenisation included; `?`: flagged unreliable):", "",
                 "| candidate | recovery | b1 speed-up | b32 speed-up | b1 sentences/s (teacher) | "
                 "b32 sentences/s (teacher) |", "|---|---|---|---|---|---|"]
         for p in RUNS:

@@ -66,15 +66,21 @@ def _eval(settings: PlanSettings, final: bool) -> Any:
                         each_step=final)
 
 
+def finished_run(out: Path, task_name: str, steps: list[dict[str, Any]], seq_len: int) -> tuple[bool, str]:
+    """(whether `out` holds a finished compress run of exactly these steps, the recipe text such a run writes)."""
+    text = yaml.safe_dump({"task": task_name, "eval": {"seq_len": seq_len}, "steps": steps}, sort_keys=False)
+    recipe = out / "recipe.yaml"
+    return (out / "summary.json").exists() and recipe.exists() and recipe.read_text() == text, text
+
+
 def _run(model: Any, tok: Any, task: Any, c: Candidate, steps: list[dict[str, Any]], out: Path,
          settings: PlanSettings, final: bool, seed: int = 42) -> dict[str, Any]:
     """One candidate as a compress run in `out` (skipped when finished with the same steps)."""
     from ..recipe import compress
     from ..report import load_summary
 
-    text = yaml.safe_dump({"task": task.name, "eval": {"seq_len": settings.seq_len}, "steps": steps},
-                          sort_keys=False)
-    if (out / "summary.json").exists() and (out / "recipe.yaml").exists() and (out / "recipe.yaml").read_text() == text:
+    done, text = finished_run(out, task.name, steps, settings.seq_len)
+    if done:
         summary = load_summary(out)
     else:
         compress(model, tok, steps, out, task, _eval(settings, final), seed=seed, recipe_text=text)
