@@ -13,6 +13,7 @@ teacher on the dev sentences at their real lengths (dynamic padding, tokenisatio
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \\
         benchmarks/bench_augment.py l3_aug l3_control l2_h05_aug l3_f1_control
     flock ... benchmarks/bench_augment.py l3_f1_hidden l3_hidden real_lengths l3_f1_hidden_seed43
+    flock ... benchmarks/bench_augment.py l3_f075_hidden l3_f075_hidden_seed43
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -40,8 +41,11 @@ RUNS = {  # part: (levers, recovery fields)
     "l3_f1_hidden": (dict(layers=3, heads=0.5, ffn=1.0), dict(epochs=float(COPIES + 1), **HIDDEN)),
     "l3_hidden": (dict(layers=3, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1), **HIDDEN)),
     "l3_f1_hidden_seed43": (dict(layers=3, heads=0.5, ffn=1.0), dict(epochs=float(COPIES + 1), **HIDDEN)),
+    # between the two shapes: three quarters of the FFN, for speed margin at batch 32
+    "l3_f075_hidden": (dict(layers=3, heads=0.5, ffn=0.75), dict(epochs=float(COPIES + 1), **HIDDEN)),
+    "l3_f075_hidden_seed43": (dict(layers=3, heads=0.5, ffn=0.75), dict(epochs=float(COPIES + 1), **HIDDEN)),
 }
-SEEDS = {"l3_f1_hidden_seed43": 43}  # compress's seed (data order, dropout, importance examples); default 42
+SEEDS = {"l3_f1_hidden_seed43": 43, "l3_f075_hidden_seed43": 43}  # compress's seed (data order, dropout, importance examples); default 42
 _STATE: dict[str, Any] = {}
 
 
