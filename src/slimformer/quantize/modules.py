@@ -4,7 +4,8 @@
   dynamic activations, one scale per call; `quantized.linear` for calibrated static activations), or with
   dynamic per-token activations (`act='token'`: one symmetric scale per row, `torch._int_mm` int8 x int8 ->
   int32, oneDNN on CPU); or low-bit (8/4/3) group-wise
-  asymmetric weights with activations left in floating point ("weight-only", dequantized once and cached).
+  asymmetric weights with activations left in floating point ("weight-only", dequantized once and cached, or
+  with `kernel='int4'` (4/3-bit) multiplied as packed codes by torch's CPU int4 kernel, see int4_cpu.py).
 - `QEmbedding`: int8 / packed int4 / packed int3 rows with per-row (or per-group) scales, dequantized on lookup.
 
 The fbgemm packed weight is rebuilt lazily from the integer buffers (keyed on their version counters), so a
@@ -18,6 +19,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import int4_cpu
 
 Act = Literal["dynamic", "static", "none", "token"]
 
@@ -170,6 +173,7 @@ class QLinear(nn.Module):
         if act == "static":  # calibrated input range and output range: (scale, zero_point) pairs
             self.register_buffer("act_qparams", torch.tensor([1.0, 0.0, 1.0, 0.0]))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.kernel = "dequant"  # weight-only: "int4" runs on torch's CPU int4 kernel (ops.use_weight_kernel)
         self._cache: tuple[Any, Any] | None = None
 
     # quantize from float weights
@@ -208,12 +212,14 @@ class QLinear(nn.Module):
     # execution
     def _key(self) -> tuple:
         ts = [self.qweight, self.scale] + ([self.bias] if self.bias is not None else [])
-        return tuple((id(t), t._version) for t in ts)
+        return (self.kernel, *((id(t), t._version) for t in ts))
 
     def _prepared(self) -> Any:
         key = self._key()
         if self._cache is None or self._cache[0] != key:
-            if self.act == "none":
+            if self.act == "none" and self.kernel == "int4":
+                prepared = int4_cpu.pack(unpack(self.qweight, self.bits, self.in_features), self.scale, self.zero)
+            elif self.act == "none":
                 prepared = self.dequantized_weight()
             elif self.act == "token":
                 prepared = self.qweight.t().contiguous()  # [in, out] int8 for torch._int_mm
@@ -228,6 +234,10 @@ class QLinear(nn.Module):
         return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "none" and self.kernel == "int4":
+            if x.requires_grad or x.device.type != "cpu":
+                return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+            return int4_cpu.matmul(x, *self._prepared(), self.group_size or self.in_features, self.bias)
         prepared = self._prepared()
         if self.act == "none":
             return F.linear(x, prepared.to(x.dtype), self.bias)
@@ -261,7 +271,8 @@ class QLinear(nn.Module):
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.group_size else ""
-        return f"{self.in_features}, {self.out_features}, bits={self.bits}{g}, act={self.act}"
+        k = ", kernel=int4" if self.kernel == "int4" else ""
+        return f"{self.in_features}, {self.out_features}, bits={self.bits}{g}, act={self.act}{k}"
 
 
 class QEmbedding(nn.Module):

@@ -7,13 +7,14 @@ saved integer tensors strictly, so GPTQ codes or calibrated activation ranges co
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import nn
 
 from ..errors import SlimformerError
 from ..models import apply_op, get_adapter, register_op
 from ..models.linear import conv1d_as_linear, is_conv1d
+from . import int4_cpu
 from .modules import Act, QEmbedding, QLinear
 
 
@@ -110,6 +111,29 @@ def quantize_embeddings(model: nn.Module, bits: int = 8, group_size: int | None 
     group_size = group_size if group_size and group_size < d and d % group_size == 0 else None
     apply_op(model, "quantize_embedding", modules=[name], bits=bits, group_size=group_size)
     return [name]
+
+
+@register_op("weight_kernel")
+def _weight_kernel(model: nn.Module, modules: list[str], kernel: str) -> None:
+    for name in modules:
+        model.get_submodule(name).kernel = kernel
+
+
+def use_weight_kernel(model: nn.Module, kernel: str = "int4") -> dict[str, Any]:
+    """Run the model's weight-only QLinears on `kernel` ("int4": torch's CPU int4 kernel, "dequant": fp32
+    weights dequantized once), recorded so a reload runs the same way; layers the kernel cannot take keep
+    dequantizing. Returns {"kernel", "layers": [names switched], "kept": {name: why not}}."""
+    switched, kept = [], {}
+    for name, m in model.named_modules():
+        if isinstance(m, QLinear) and m.act == "none" and m.kernel != kernel:
+            why = kernel == "int4" and int4_cpu.unsupported(m.out_features, m.in_features, m.bits, m.group_size)
+            if why:
+                kept[name] = why
+            else:
+                switched.append(name)
+    if switched:
+        apply_op(model, "weight_kernel", modules=switched, kernel=kernel)
+    return {"kernel": kernel, "layers": switched, "kept": kept}
 
 
 @register_op("conv1d_to_linear")

@@ -14,6 +14,7 @@ scales and uint8 zeros per group, so the file really shrinks; at run time each l
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -28,7 +29,7 @@ from .common import QuantStep, run_guard, summary
 from .gptq import gptq_quantize, gptq_sequential, input_hessians
 from .guard import calibration_batches
 from .modules import QLinear, fit_group, group_params
-from .ops import head_tied, quantize_embeddings, quantize_linears, untie_lm_head
+from .ops import head_tied, quantize_embeddings, quantize_linears, untie_lm_head, use_weight_kernel
 from .smoothing import norm_groups
 
 
@@ -57,11 +58,17 @@ class QuantizeWeights(QuantStep):
     embeddings: bool = Field(True, description="quantize the word embeddings too (a table tied to the LM head "
                              "stays fp32 unless lm_head unties or shares them)")
     embedding_bits: Literal[3, 4, 8] | None = Field(None, description="bits of the embeddings (default: bits)")
+    kernel: Literal["dequant", "int4"] = Field(
+        "dequant", description="how the layers run on a CPU: dequant (fp32 weights dequantized once: exact, fp32 "
+        "speed and memory) or int4 (4/3 bits, groups of 32-256: torch's CPU int4 kernel reads the packed codes, "
+        "activations rounded to bf16; faster decoding, a quarter of INT8's weight bytes)")
     calib_examples: int = Field(128, ge=1, description="train examples for the GPTQ Hessians / AWQ statistics")
     damp: float = Field(0.01, gt=0, description="GPTQ dampening, a fraction of the mean Hessian diagonal")
 
     @model_validator(mode="after")
     def _options(self) -> "QuantizeWeights":
+        check(self.kernel == "dequant" or self.bits in (3, 4),
+              f"quantize_weights: kernel {self.kernel} runs 4-bit and 3-bit codes, not {self.bits}-bit ones")
         check(not self.act_order or self.method == "gptq",
               f"quantize_weights: act_order applies to method gptq, not {self.method}")
         check(self.lm_head != "shared" or self.embedding_bits in (None, self.bits),
@@ -118,6 +125,11 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
         apply_op(model, "share_head_codes")
     elif cfg.embeddings:
         quantize_embeddings(model, bits=cfg.embedding_bits or cfg.bits, group_size=cfg.group_size)
+    if cfg.kernel != "dequant":
+        used = use_weight_kernel(model, cfg.kernel)
+        meta = dict(getattr(model.config, "slimformer", None) or {})
+        meta["weight_kernel"] = {"kernel": cfg.kernel, "layers": len(used["layers"]), "kept": used["kept"]}
+        model.config.slimformer = meta
     return model
 
 
@@ -129,9 +141,15 @@ def quantize_weights_step(model: nn.Module, cfg: QuantizeWeights, ctx: Context) 
         batches = calibration_batches(ctx.tokenizer, task, cfg.calib_examples, ctx.max_len, seed=ctx.seed, model=model)
     before = copy.deepcopy(model) if cfg.guard and ctx.task is not None else None
     model = quantize_weights(model, cfg, batches)
-    awq = (getattr(model.config, "slimformer", None) or {}).get("awq")
-    if awq:
-        ctx.note("awq", awq)
+    meta = getattr(model.config, "slimformer", None) or {}
+    for key in ("awq", "weight_kernel"):
+        if meta.get(key):
+            ctx.note(key, meta[key])
+    kept = meta.get("weight_kernel", {}).get("kept")
+    if kept:
+        name, why = next(iter(kept.items()))
+        print(f"quantize_weights: {len(kept)} layers stay on the dequantized path (e.g. {name}: {why})",
+              file=sys.stderr, flush=True)
     ctx.note("quantized", summary(model))
     if before is not None:
         run_guard(before, model, cfg, ctx)
