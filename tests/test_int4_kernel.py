@@ -86,3 +86,14 @@ def test_layers_the_kernel_cannot_take_keep_dequantizing():
 def test_the_step_refuses_the_kernel_for_8_bit_codes():
     with pytest.raises(SlimformerError, match="kernel int4"):
         parse_step({"step": "quantize_weights", "bits": 8, "kernel": "int4"}, 0)
+
+
+def test_an_encoder_on_the_kernel_exports_to_onnx_as_its_dequantized_twin(tiny_bert, tokenizer, tmp_path):
+    from slimformer.deploy import export_onnx
+
+    model = tiny_bert()
+    quantize_weights(model, QuantizeWeights(bits=4, group_size=32, kernel="int4", guard=False))
+    assert model.config.slimformer["weight_kernel"]["layers"] == 12
+    info = export_onnx(model, tokenizer, tmp_path / "m.onnx")
+    assert info["max_abs_diff"] < 1e-4
+    assert model.bert.encoder.layer[0].output.dense.kernel == "int4"  # the input model is left as it was

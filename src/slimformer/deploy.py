@@ -64,7 +64,10 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
     Raises SlimformerError with one line on any failure."""
     from .fsutil import _umask, atomic_dir
 
+    from .quantize.ops import dequantizing
+
     onnx = Path(onnx)
+    model = dequantizing(model)
     codes = _decoder_4bit_layers(model)
     check(int4_accuracy in (0, 1, 4),
           f"int4 accuracy level must be 0, 1 (float) or 4 (INT8), got {int4_accuracy}")

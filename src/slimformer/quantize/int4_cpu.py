@@ -48,7 +48,7 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[
 def matmul(x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, group: int,
            bias: torch.Tensor | None) -> torch.Tensor:
     """x @ W.T (+ bias) on the int4 kernel, in x's dtype."""
-    rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+    rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group, scales_zeros).to(x.dtype)
     if bias is not None:
         y = y + bias.to(x.dtype)

@@ -6,6 +6,7 @@ saved integer tensors strictly, so GPTQ codes or calibrated activation ranges co
 """
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Sequence
 
@@ -134,6 +135,18 @@ def use_weight_kernel(model: nn.Module, kernel: str = "int4") -> dict[str, Any]:
     if switched:
         apply_op(model, "weight_kernel", modules=switched, kernel=kernel)
     return {"kernel": kernel, "layers": switched, "kept": kept}
+
+
+def dequantizing(model: nn.Module) -> nn.Module:
+    """`model` itself, or when some layers run on the int4 kernel a copy whose layers all dequantize (what the
+    ONNX exporters trace and check against: the kernel's bf16 arithmetic has no ONNX form)."""
+    if not any(isinstance(m, QLinear) and m.kernel != "dequant" for m in model.modules()):
+        return model
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, QLinear):
+            m.kernel = "dequant"
+    return twin
 
 
 @register_op("conv1d_to_linear")

@@ -2,7 +2,8 @@
 
 Weights are stored as uint8 codes (two 4-bit codes per byte, eight 3-bit codes per three bytes) with fp16
 scales and uint8 zeros per group, so the file really shrinks; at run time each layer dequantizes once to fp32
-(on CPU this buys size on disk and download, not latency; combine with quantize_dynamic for INT8 speed).
+(size on disk, not latency), or with `kernel: int4` (4/3 bits) runs on torch's CPU int4 kernel from the codes
+(int4_cpu.py: faster batch-1 decoding, bf16 activations).
 
 - `rtn`: round to nearest on an asymmetric grid per group (min-max, or `grid: mse`, the clipping search).
 - `gptq` (gptq.py): column by column with the inverse input Hessian; `act_order: true` visits columns by
