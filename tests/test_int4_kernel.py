@@ -97,3 +97,15 @@ def test_an_encoder_on_the_kernel_exports_to_onnx_as_its_dequantized_twin(tiny_b
     info = export_onnx(model, tokenizer, tmp_path / "m.onnx")
     assert info["max_abs_diff"] < 1e-4
     assert model.bert.encoder.layer[0].output.dense.kernel == "int4"  # the input model is left as it was
+
+
+def test_a_torch_without_the_kernel_loads_the_model_dequantizing(tokenizer, tmp_path, monkeypatch, capsys):
+    model = tiny_llama()
+    quantize_weights(model, QuantizeWeights(bits=4, group_size=32, kernel="int4", embeddings=False, guard=False))
+    sf.save(model, tokenizer, tmp_path / "m")
+    monkeypatch.setattr(int4_cpu, "available", lambda: False)
+    back, _ = sf.load(tmp_path / "m")
+    assert {m.kernel for m in back.modules() if isinstance(m, QLinear)} == {"dequant"}
+    assert "dequantize instead" in capsys.readouterr().err
+    bs = batches()
+    assert rel(logits(back, bs), logits(model, bs)) < 2e-2

@@ -5,8 +5,8 @@ with one (scale, float zero) pair per group of 32, 64, 128 or 256 input columns:
 slimformer's asymmetric codes w = (q - z) * s map onto it exactly (zero = (8 - z) * s), so a GPTQ / AWQ / RTN
 layer keeps its codes; 3-bit codes (0..7) fit the same kernel. What changes is arithmetic: the activations,
 scales and zeros are rounded to bf16 (about 0.3% relative output error on a random layer, far below the 4-bit
-rounding itself), and nothing is dequantized to fp32, so decoding reads a quarter of the bytes of an INT8 layer
-and an eighth of fp32. Used by `QLinear(kernel="int4")`; training and non-CPU tensors fall back to the
+rounding itself), and nothing is dequantized to fp32, so decoding reads half the weight bytes of an INT8 layer
+and an eighth of fp32's. Used by `QLinear(kernel="int4")`; training and non-CPU tensors fall back to the
 dequantized fp32 weight.
 """
 from __future__ import annotations

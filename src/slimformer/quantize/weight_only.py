@@ -62,7 +62,7 @@ class QuantizeWeights(QuantStep):
     kernel: Literal["dequant", "int4"] = Field(
         "dequant", description="how the layers run on a CPU: dequant (fp32 weights dequantized once: exact, fp32 "
         "speed and memory) or int4 (4/3 bits, groups of 32-256: torch's CPU int4 kernel reads the packed codes, "
-        "activations rounded to bf16; faster decoding, a quarter of INT8's weight bytes)")
+        "activations rounded to bf16; faster batch-1 decoding, an eighth of fp32's weight bytes)")
     calib_examples: int = Field(128, ge=1, description="train examples for the GPTQ Hessians / AWQ statistics")
     damp: float = Field(0.01, gt=0, description="GPTQ dampening, a fraction of the mean Hessian diagonal")
 
