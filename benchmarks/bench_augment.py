@@ -13,7 +13,7 @@ teacher on the dev sentences at their real lengths (dynamic padding, tokenisatio
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \\
         benchmarks/bench_augment.py l3_aug l3_control l2_h05_aug l3_f1_control
     flock ... benchmarks/bench_augment.py l3_f1_hidden l3_hidden real_lengths l3_f1_hidden_seed43
-    flock ... benchmarks/bench_augment.py l3_f075_hidden l3_f075_hidden_seed43
+    flock ... benchmarks/bench_augment.py l3_f075_hidden     # (its seed-43 part is defined, not run)
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -45,7 +45,8 @@ RUNS = {  # part: (levers, recovery fields)
     "l3_f075_hidden": (dict(layers=3, heads=0.5, ffn=0.75), dict(epochs=float(COPIES + 1), **HIDDEN)),
     "l3_f075_hidden_seed43": (dict(layers=3, heads=0.5, ffn=0.75), dict(epochs=float(COPIES + 1), **HIDDEN)),
 }
-SEEDS = {"l3_f1_hidden_seed43": 43, "l3_f075_hidden_seed43": 43}  # compress's seed (data order, dropout, importance examples); default 42
+# compress's seed (data order, dropout, importance examples); default 42
+SEEDS = {"l3_f1_hidden_seed43": 43, "l3_f075_hidden_seed43": 43}
 _STATE: dict[str, Any] = {}
 
 
@@ -138,8 +139,8 @@ def main(parts: list[str]) -> None:
 
     acc = round(100 * evaluate_task(teacher, tok, t, "dev", 128)["accuracy"], 2)
     _STATE.update(teacher=teacher, tok=tok, task=t, teacher_acc=acc)
-    # each part also keeps the teacher accuracy it was measured against (a teacher retrained on another machine
-    # differs: 87.73 for the parts before l3_f075_hidden, 88.07 for it); the header's is the fallback
+    # each part keeps the teacher accuracy it was measured against (a teacher retrained on another machine
+    # differs: 87.73 for the parts before l3_f075_hidden, 88.07 for it); the header holds the latest run's
     header = {"copies": COPIES, "threads": THREADS, "teacher_dev_acc": acc}
     table = {p: (lambda p=p: run(p)) for p in RUNS}
     table["real_lengths"] = lambda: real_lengths(common.read_result(RESULT) or {})
@@ -166,8 +167,8 @@ def markdown() -> str:
     for p in RUNS:
         if p in r:
             x = r[p]
-            out.append(f"| {_label(x)} | {x['dev_acc']} | "
-                       f"{x['dev_acc'] - x.get('teacher_dev_acc', base):+.2f} | {x['size_mb']} | {x['speedup_b1']} | {x['speedup_b32']} | "
+            out.append(f"| {_label(x)} | {x['dev_acc']} | {x['dev_acc'] - x.get('teacher_dev_acc', base):+.2f} | "
+                       f"{x['size_mb']} | {x['speedup_b1']} | {x['speedup_b32']} | "
                        f"{x['distill_s']} |")
     if "real_lengths" in r:
         rl = r["real_lengths"]
