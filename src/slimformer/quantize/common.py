@@ -55,3 +55,10 @@ def summary(model: nn.Module) -> dict[str, Any]:
             continue
         out[key] = out.get(key, 0) + 1
     return out
+
+
+def record_meta(model: nn.Module, key: str, value: Any) -> None:
+    """Keep `value` under `key` in model.config.slimformer (saved with the model; read back by steps' notes)."""
+    meta = dict(getattr(model.config, "slimformer", None) or {})
+    meta[key] = value
+    model.config.slimformer = meta

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import SlimformerError, check
 from ..steps import Context, implements
 from .advice import choose_backend, int8_advice, slow_warning, warn
-from .common import QuantStep, run_guard, summary
+from .common import QuantStep, record_meta, run_guard, summary
 from .guard import calibration_batches
 from .onnx_backend import ort_unsupported, quantize_onnx
 from .ops import quantize_embeddings, quantize_linears
@@ -69,12 +69,6 @@ def _torch(model: nn.Module, names: list[str], cfg: QuantizeDynamic) -> nn.Modul
     return model
 
 
-def _record(model: nn.Module, report: dict[str, Any]) -> None:
-    meta = dict(getattr(model.config, "slimformer", None) or {})
-    meta["quantize_backend"] = report
-    model.config.slimformer = meta
-
-
 def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, tokenizer: object = None,
                      batches: list | None = None) -> nn.Module:
     """Quantize model (Python API) and return it: in place for an explicit backend; with `auto` the faster
@@ -84,9 +78,7 @@ def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, token
     if cfg.smoothquant is not None:
         check(bool(batches), "quantize_dynamic: smoothquant needs calibration batches")
         report = smooth(model, batches or [], cfg.smoothquant)
-        meta = dict(getattr(model.config, "slimformer", None) or {})
-        meta["smoothquant"] = report
-        model.config.slimformer = meta
+        record_meta(model, "smoothquant", report)
     names = cfg.targets(model)
     if cfg.backend == "torch":
         return _torch(model, names, cfg)
@@ -95,7 +87,7 @@ def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, token
     reason = ort_unsupported(model)
     if reason:  # only one backend can serve this model: nothing to time
         out = _torch(model, names, cfg)
-        _record(out, {"chosen": "torch", "why": reason})
+        record_meta(out, "quantize_backend", {"chosen": "torch", "why": reason})
         return out
     cands = {"torch": _torch(copy.deepcopy(model), names, cfg)}
     error = None
@@ -109,7 +101,7 @@ def quantize_dynamic(model: nn.Module, cfg: QuantizeDynamic | None = None, token
         report["onnxruntime_error"] = error
     warn(slow_warning(report, model))
     out = cands[best]
-    _record(out, report)
+    record_meta(out, "quantize_backend", report)
     return out
 
 

@@ -22,10 +22,15 @@ def available() -> bool:
         torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
 
 
+def missing() -> str | None:
+    """Why this torch cannot run the kernel at all, or None when it can."""
+    return None if available() else f"torch {torch.__version__} has no CPU int4 kernel"
+
+
 def unsupported(out_features: int, in_features: int, bits: int, group_size: int | None) -> str | None:
     """Why a weight-only layer of this shape cannot run on the kernel, or None when it can."""
-    if not available():
-        return f"torch {torch.__version__} has no CPU int4 kernel"
+    if missing():
+        return missing()
     if bits not in (3, 4):
         return f"{bits}-bit codes (the kernel takes 4-bit and 3-bit ones)"
     g = group_size or in_features

@@ -117,9 +117,9 @@ def quantize_embeddings(model: nn.Module, bits: int = 8, group_size: int | None 
 
 @register_op("weight_kernel")
 def _weight_kernel(model: nn.Module, modules: list[str], kernel: str) -> None:
-    if kernel == "int4" and not int4_cpu.available():  # saved where torch had the kernel, loaded where it has not
+    if kernel == "int4" and int4_cpu.missing():  # saved where torch had the kernel, loaded where it has not
         print(f"{len(modules)} layers saved to run on torch's CPU int4 kernel dequantize instead: "
-              f"{int4_cpu.unsupported(16, 32, 4, 32)}", file=sys.stderr, flush=True)
+              f"{int4_cpu.missing()}", file=sys.stderr, flush=True)
         return
     for name in modules:
         model.get_submodule(name).kernel = kernel

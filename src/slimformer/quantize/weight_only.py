@@ -26,7 +26,7 @@ from ..models import apply_op
 from ..progress import track
 from ..steps import Context, implements
 from .awq import awq_scale
-from .common import QuantStep, run_guard, summary
+from .common import QuantStep, record_meta, run_guard, summary
 from .gptq import gptq_quantize, gptq_sequential, input_hessians
 from .guard import calibration_batches
 from .modules import QLinear, fit_group, group_params
@@ -95,9 +95,7 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
     if cfg.method == "awq":
         check(bool(batches), "quantize_weights: method awq needs calibration batches")
         report = awq_scale(model, batches or [], cfg.bits, cfg.group_size, cfg.awq_grid)
-        meta = dict(getattr(model.config, "slimformer", None) or {})
-        meta["awq"] = {k: report[k] for k in ("error_rtn", "error_awq")}
-        model.config.slimformer = meta
+        record_meta(model, "awq", {k: report[k] for k in ("error_rtn", "error_awq")})
     mods = dict(model.named_modules())
     gptq = cfg.method == "gptq" and bool(batches)
     by_group: dict[int | None, list[str]] = {}
@@ -128,9 +126,7 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeights | None = None,
         quantize_embeddings(model, bits=cfg.embedding_bits or cfg.bits, group_size=cfg.group_size)
     if cfg.kernel != "dequant":
         used = use_weight_kernel(model, cfg.kernel)
-        meta = dict(getattr(model.config, "slimformer", None) or {})
-        meta["weight_kernel"] = {"kernel": cfg.kernel, "layers": len(used["layers"]), "kept": used["kept"]}
-        model.config.slimformer = meta
+        record_meta(model, "weight_kernel", {"kernel": cfg.kernel, "layers": len(used["layers"]), "kept": used["kept"]})
     return model
 
 
