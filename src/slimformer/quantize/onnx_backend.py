@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import SlimformerError
 from ..models import apply_op, register_op
+from .common import record_meta
 
 ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
@@ -96,9 +97,7 @@ def wrap_onnx(model: nn.Module, onnx_path: str | Path, input_names: Sequence[str
     data = Path(onnx_path).read_bytes()
     apply_op(model, "onnxruntime_graph", nbytes=len(data), input_names=list(input_names))
     model.ort.onnx_bytes.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    meta = dict(model.config.slimformer)
-    meta["onnxruntime"] = info
-    model.config.slimformer = meta
+    record_meta(model, "onnxruntime", info)
     return model
 
 
