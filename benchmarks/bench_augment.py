@@ -14,6 +14,7 @@ teacher on the dev sentences at their real lengths (dynamic padding, tokenisatio
         benchmarks/bench_augment.py l3_aug l3_control l2_h05_aug l3_f1_control
     flock ... benchmarks/bench_augment.py l3_f1_hidden l3_hidden real_lengths l3_f1_hidden_seed43
     flock ... benchmarks/bench_augment.py l3_f075_hidden     # (its seed-43 part is defined, not run)
+    flock ... benchmarks/bench_augment.py l3_f1_hidden_rerun  # l3_f1_hidden against a retrained teacher
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -44,6 +45,8 @@ RUNS = {  # part: (levers, recovery fields)
     # between the two shapes: three quarters of the FFN, for speed margin at batch 32
     "l3_f075_hidden": (dict(layers=3, heads=0.5, ffn=0.75), dict(epochs=float(COPIES + 1), **HIDDEN)),
     "l3_f075_hidden_seed43": (dict(layers=3, heads=0.5, ffn=0.75), dict(epochs=float(COPIES + 1), **HIDDEN)),
+    # l3_f1_hidden again, same seed, against the teacher of the machine it runs on (teacher vs shape)
+    "l3_f1_hidden_rerun": (dict(layers=3, heads=0.5, ffn=1.0), dict(epochs=float(COPIES + 1), **HIDDEN)),
 }
 # compress's seed (data order, dropout, importance examples); default 42
 SEEDS = {"l3_f1_hidden_seed43": 43, "l3_f075_hidden_seed43": 43}
