@@ -45,6 +45,7 @@ CASES: dict[str, tuple[dict, dict[str, str | None]]] = {
     "quantize_qat": ({"max_steps": 2, "batch_size": 4, "guard": False}, {}),
     "quantize_weights": ({"bits": 4, "group_size": 16, "method": "gptq", "calib_examples": 8, "guard": False}, {}),
     "quantize_mixed": ({"calib_examples": 4, "group_size": 16, "guard": False}, {}),
+    "half_precision": ({"guard": False}, {}),
     "distill_embeddings": ({"max_steps": 2, "batch_size": 4, "dim": 16},
                            {"encoder-decoder": "not an encoder", "decoder": "not an encoder"}),
     "prune_vocab": ({}, {"encoder-decoder": "tied", "decoder": "tied"}),

@@ -20,7 +20,7 @@ _LAZY = {
     **{n: (".distill", n) for n in ("Distill", "DistillGeneral", "DistillEmbeddings", "distill_embeddings",
                                     "MakeStudent", "distill", "distill_general", "make_student", "Pet")},
     **{n: (".quantize", n) for n in ("QuantizeDynamic", "QuantizeStatic", "QuantizeQAT", "QuantizeWeights",
-                                     "QuantizeMixed")},
+                                     "QuantizeMixed", "HalfPrecision", "half_precision")},
     "PruneHeads": (".prune.heads", "PruneHeads"), "prune_heads": (".prune.heads", "prune_heads"),
     "PruneFFN": (".prune.ffn", "PruneFFN"), "prune_ffn": (".prune.ffn", "prune_ffn"),
     "PruneVocab": (".prune.vocab", "PruneVocab"), "prune_vocab": (".prune.vocab", "prune_vocab"),

@@ -64,10 +64,11 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
     Raises SlimformerError with one line on any failure."""
     from .fsutil import _umask, atomic_dir
 
+    from .quantize.half import float32_twin
     from .quantize.ops import dequantizing
 
     onnx = Path(onnx)
-    model = dequantizing(model)
+    model, cast_note = float32_twin(dequantizing(model))
     codes = _decoder_4bit_layers(model)
     check(int4_accuracy in (0, 1, 4),
           f"int4 accuracy level must be 0, 1 (float) or 4 (INT8), got {int4_accuracy}")
@@ -109,6 +110,8 @@ def export_onnx(model: Any, tokenizer: Any, onnx: str | os.PathLike, atol: float
                 os.chmod(f, 0o666 & ~_umask())
                 os.replace(f, dst)
     info["bytes"] = sum(f.stat().st_size for f in [onnx, *(dst for _, dst in extra)])
+    if cast_note:
+        info["notes"] = [*info.get("notes", []), cast_note]
     return info
 
 
