@@ -46,7 +46,7 @@ class QuantizeDynamic(QuantStep):
     calib_examples: int = Field(128, ge=1, description="smoothquant: train examples for the activation maxima")
     activations: Literal["tensor", "token"] = Field("tensor", description="tensor: one activation scale per call "
                                                     "(fbgemm, ORT); token: one per token (torch backend, "
-                                                    "torch._int_mm int8 GEMM; speed not benchmarked yet)")
+                                                    "torch._int_mm int8 GEMM; SmolLM2: 1.7x fp32 prefill, 1.3x decode)")
 
     @model_validator(mode="after")
     def _token_backend(self) -> "QuantizeDynamic":
