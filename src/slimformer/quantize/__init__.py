@@ -11,5 +11,5 @@ from .static import QuantizeStatic, quantize_static
 from .weight_only import QuantizeWeights, quantize_weights
 
 __all__ = ["QuantizeDynamic", "quantize_dynamic", "QuantizeStatic", "quantize_static", "QuantizeQAT",
-           "QuantizeWeights", "quantize_weights", "QuantizeMixed", "quantize_mixed", "HalfPrecision", "half_precision", "check_accuracy",
-           "QEmbedding", "QLinear", "load_onnx_dir", "save_onnx_dir"]
+           "QuantizeWeights", "quantize_weights", "QuantizeMixed", "quantize_mixed", "HalfPrecision", "half_precision",
+           "check_accuracy", "QEmbedding", "QLinear", "load_onnx_dir", "save_onnx_dir"]
