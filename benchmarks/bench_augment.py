@@ -15,7 +15,7 @@ teacher on the dev sentences at their real lengths (dynamic padding, tokenisatio
     flock ... benchmarks/bench_augment.py l3_f1_hidden l3_hidden real_lengths l3_f1_hidden_seed43
     flock ... benchmarks/bench_augment.py l3_f075_hidden     # (its seed-43 part is defined, not run)
     flock ... benchmarks/bench_augment.py l3_f1_hidden_rerun  # l3_f1_hidden against a retrained teacher
-    flock ... benchmarks/bench_augment.py l4_f05_hidden       # 4 layers, half the heads and the FFN
+    flock ... benchmarks/bench_augment.py l4_f05_hidden l4_f05_hidden_seed43   # 4 layers, half the heads and FFN
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -51,9 +51,10 @@ RUNS = {  # part: (levers, recovery fields)
     # one layer deeper, half as wide: fewer multiply-adds per token than l3_f1 (4 x (0.3M + 0.6M) vs
     # 3 x (0.3M + 1.2M)), so as fast on paper, and depth is what the 3-layer students lack
     "l4_f05_hidden": (dict(layers=4, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1), **HIDDEN)),
+    "l4_f05_hidden_seed43": (dict(layers=4, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1), **HIDDEN)),
 }
 # compress's seed (data order, dropout, importance examples); default 42
-SEEDS = {"l3_f1_hidden_seed43": 43, "l3_f075_hidden_seed43": 43}
+SEEDS = {"l3_f1_hidden_seed43": 43, "l3_f075_hidden_seed43": 43, "l4_f05_hidden_seed43": 43}
 _STATE: dict[str, Any] = {}
 
 
