@@ -16,6 +16,7 @@ teacher on the dev sentences at their real lengths (dynamic padding, tokenisatio
     flock ... benchmarks/bench_augment.py l3_f075_hidden     # (its seed-43 part is defined, not run)
     flock ... benchmarks/bench_augment.py l3_f1_hidden_rerun  # l3_f1_hidden against a retrained teacher
     flock ... benchmarks/bench_augment.py l4_f05_hidden l4_f05_hidden_seed43   # 4 layers, half the heads and FFN
+    flock ... benchmarks/bench_augment.py test_split          # the models on this machine, on the test split
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -138,6 +139,22 @@ def real_lengths(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def test_split(payload: dict[str, Any]) -> dict[str, Any]:
+    """The teacher and every part whose model is on this machine, on SST-2's test split (1,821 sentences, never
+    used for training or selection): a second estimate of each change, with twice dev's sentences."""
+    from slimformer import models
+    from slimformer.evaluate import evaluate_task
+
+    teacher, tok, t = _STATE["teacher"], _STATE["tok"], _STATE["task"]
+    out: dict[str, Any] = {"teacher_test_acc": round(100 * evaluate_task(teacher, tok, t, "test", SEQ)["accuracy"], 2)}
+    for part, run_dir in [(p, _run_dir(p)) for p in RUNS if p in payload]:
+        if run_dir:
+            model, mtok = models.load(run_dir, task=t)
+            out[part] = round(100 * evaluate_task(model, mtok, t, "test", SEQ)["accuracy"], 2)
+            print(part, out[part], flush=True)
+    return out
+
+
 def main(parts: list[str]) -> None:
     import torch
 
@@ -152,6 +169,7 @@ def main(parts: list[str]) -> None:
     header = {"copies": COPIES, "threads": THREADS, "teacher_dev_acc": acc}
     table = {p: (lambda p=p: run(p)) for p in RUNS}
     table["real_lengths"] = lambda: real_lengths(common.read_result(RESULT) or {})
+    table["test_split"] = lambda: test_split(common.read_result(RESULT) or {})
     common.run_parts(RESULT, table, parts, markdown, header)
 
 
@@ -192,6 +210,15 @@ def markdown() -> str:
                 rates = [f"{x[b]['model']['sentences_per_s']:.0f} ({x[b]['teacher']['sentences_per_s']:.0f})"
                          for b in ("b1", "b32")]
                 out.append(f"| {_label(r[p])} | {' | '.join(cells)} | {' | '.join(rates)} |")
+    if "test_split" in r:
+        ts = r["test_split"]
+        out += ["", f"Test split (1,821 sentences; the teacher on this machine: {ts['teacher_test_acc']}):", "",
+                "| candidate | recovery | dev change | test acc | test change |", "|---|---|---|---|---|"]
+        for p in RUNS:
+            if p in ts and p in r:
+                x = r[p]
+                out.append(f"| {_label(x)} | {x['dev_acc'] - x.get('teacher_dev_acc', base):+.2f} | {ts[p]} | "
+                           f"{ts[p] - ts['teacher_test_acc']:+.2f} |")
     return "\n".join(out)
 
 
@@ -201,4 +228,5 @@ if __name__ == "__main__":
         small = {"max_steps": 2, "max_train_examples": 64}
         RUNS = {k: (lv, {**rec, **small, **({"augment": 1} if "augment" in rec else {})})
                 for k, (lv, rec) in RUNS.items()}
-    common.parts_cli("bench_augment.py", {**RUNS, "real_lengths": real_lengths}, main, markdown)
+    common.parts_cli("bench_augment.py", {**RUNS, "real_lengths": real_lengths, "test_split": test_split}, main,
+                     markdown)
