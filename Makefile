@@ -25,11 +25,16 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/slimformer demo --data-root $(DATA) --quick
 
+# two workers, one test file each at a time (each test keeps torch at 1 thread: tests/conftest.py); TEST_WORKERS=0
+# runs them in one process
+TEST_WORKERS ?= 2
+PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not integration"
+	$(PYTEST) -m "not integration"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -16,7 +16,7 @@ teacher on the dev sentences at their real lengths (dynamic padding, tokenisatio
     flock ... benchmarks/bench_augment.py l3_f075_hidden     # (its seed-43 part is defined, not run)
     flock ... benchmarks/bench_augment.py l3_f1_hidden_rerun  # l3_f1_hidden against a retrained teacher
     flock ... benchmarks/bench_augment.py l4_f05_hidden l4_f05_hidden_seed43   # 4 layers, half the heads and FFN
-    flock ... benchmarks/bench_augment.py test_split          # the models on this machine, on the test split
+    flock ... benchmarks/bench_augment.py test_split limit    # the models here on the test split; GEMM peak
     python benchmarks/bench_augment.py markdown
 """
 from __future__ import annotations
@@ -155,6 +155,28 @@ def test_split(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def limit(payload: dict[str, Any], part: str = "l4_f05_hidden") -> dict[str, Any]:
+    """The physical limit for `part`'s model: this machine's GEMM peak (fp32 torch, INT8 ORT) against the
+    operations per forward (counted on its float twin) over its latency measured in the part's pair."""
+    from slimformer.plan.limits import float_twin, forward_flops, gemm_peak
+
+    run_dir = _run_dir(part)
+    if run_dir is None or part not in payload:
+        raise SystemExit(f"limit: part {part} has no finished model on this machine")
+    twin = float_twin(run_dir, _STATE["task"])
+    from slimformer import models
+
+    _, mtok = models.load(run_dir, task=_STATE["task"])
+    out: dict[str, Any] = {"part": part, "peak": gemm_peak(threads=THREADS)}
+    for b in BATCHES:
+        ops = forward_flops(twin, mtok, b, SEQ)
+        ms = payload[part]["speed"][f"b{b}"]["model"]["median_ms"]
+        out[f"b{b}"] = {"gops_per_forward": round(ops / 1e9, 3), "median_ms": ms,
+                        "achieved_gops": round(ops / ms / 1e6, 1)}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main(parts: list[str]) -> None:
     import torch
 
@@ -170,6 +192,7 @@ def main(parts: list[str]) -> None:
     table = {p: (lambda p=p: run(p)) for p in RUNS}
     table["real_lengths"] = lambda: real_lengths(common.read_result(RESULT) or {})
     table["test_split"] = lambda: test_split(common.read_result(RESULT) or {})
+    table["limit"] = lambda: limit(common.read_result(RESULT) or {})
     common.run_parts(RESULT, table, parts, markdown, header)
 
 
@@ -228,5 +251,5 @@ if __name__ == "__main__":
         small = {"max_steps": 2, "max_train_examples": 64}
         RUNS = {k: (lv, {**rec, **small, **({"augment": 1} if "augment" in rec else {})})
                 for k, (lv, rec) in RUNS.items()}
-    common.parts_cli("bench_augment.py", {**RUNS, "real_lengths": real_lengths, "test_split": test_split}, main,
-                     markdown)
+    extra = {"real_lengths": real_lengths, "test_split": test_split, "limit": limit}
+    common.parts_cli("bench_augment.py", {**RUNS, **extra}, main, markdown)
