@@ -158,14 +158,13 @@ def test_split(payload: dict[str, Any]) -> dict[str, Any]:
 def limit(payload: dict[str, Any], part: str = "l4_f05_hidden") -> dict[str, Any]:
     """The physical limit for `part`'s model: this machine's GEMM peak (fp32 torch, INT8 ORT) against the
     operations per forward (counted on its float twin) over its latency measured in the part's pair."""
+    from slimformer import models
     from slimformer.plan.limits import float_twin, forward_flops, gemm_peak
 
     run_dir = _run_dir(part)
     if run_dir is None or part not in payload:
         raise SystemExit(f"limit: part {part} has no finished model on this machine")
     twin = float_twin(run_dir, _STATE["task"])
-    from slimformer import models
-
     _, mtok = models.load(run_dir, task=_STATE["task"])
     out: dict[str, Any] = {"part": part, "peak": gemm_peak(threads=THREADS)}
     for b in BATCHES:
