@@ -53,9 +53,11 @@ RUNS = {  # part: (levers, recovery fields)
     # 3 x (0.3M + 1.2M)), so as fast on paper, and depth is what the 3-layer students lack
     "l4_f05_hidden": (dict(layers=4, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1), **HIDDEN)),
     "l4_f05_hidden_seed43": (dict(layers=4, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1), **HIDDEN)),
+    "l4_f05_hidden_seed44": (dict(layers=4, heads=0.5, ffn=0.5), dict(epochs=float(COPIES + 1), **HIDDEN)),
 }
 # compress's seed (data order, dropout, importance examples); default 42
-SEEDS = {"l3_f1_hidden_seed43": 43, "l3_f075_hidden_seed43": 43, "l4_f05_hidden_seed43": 43}
+SEEDS = {"l3_f1_hidden_seed43": 43, "l3_f075_hidden_seed43": 43, "l4_f05_hidden_seed43": 43,
+         "l4_f05_hidden_seed44": 44}
 _STATE: dict[str, Any] = {}
 
 
