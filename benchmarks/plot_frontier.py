@@ -37,7 +37,7 @@ def plot(results: dict[str, Any]) -> Path:
         for x in parts:
             change = x["dev_acc"] - x["teacher_dev_acc"]
             colour = {4: "tab:blue", 3: "tab:orange"}.get(x["levers"]["layers"], "tab:green")
-            marker = "o" if x["teacher_dev_acc"] == 88.07 else "s"
+            marker = "o" if x["teacher_dev_acc"] == results["teacher_dev_acc"] else "s"  # the latest teacher
             ax.scatter(x[f"speedup_{b}"], change, c=colour, marker=marker, s=28)
             ax.annotate(_label(x), (x[f"speedup_{b}"], change), fontsize=6, xytext=(3, 2),
                         textcoords="offset points")
