@@ -2,6 +2,7 @@
 
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \
         benchmarks/bench_movement_mrpc.py labels block
+    ... benchmarks/bench_movement_mrpc.py grad     # the seeds script's pair, on MRPC
 
 - `labels`: fine-pruned from the pre-trained packaged `minilm` on the labels alone, 230 steps (2 epochs) of
   batch 32, lr 1e-4, scores lr 1e-2, 10% pruning warm-up / 20% cool-down: gradual magnitude vs hard movement
@@ -9,6 +10,9 @@
 - `block`: block hard movement (magnitude-initialised) vs prune_heads + prune_ffn (gradient importance), half of
   the heads and FFN neurons, both from the MRPC teacher (trained once with benchmarks/common.py's recipe if not
   cached) and distilled with bench_movement.py's 120-step budget (kd 1 + ce 0.5, T 2).
+
+- `grad`: soft (global) block movement with gradient-initialised scores vs prune_heads + prune_ffn, seeds 42 and
+  43 (bench_movement_seeds.py's pair), with the teacher of the machine it runs on recorded beside them.
 
 Accuracy and F1 on dev (408 pairs) and on the MSR paraphrase test set (1,725 pairs), max_len 128, seed 42.
 Results: benchmarks/results/movement_mrpc.json. Latency is not measured here: the block models have the same
@@ -22,6 +26,7 @@ import time
 from typing import Any
 
 import bench_movement as bm
+import bench_movement_seeds as bs
 from common import RESULTS, parts_cli, previous_parts, task, teacher, write_result
 
 bm.NAME = "movement_mrpc_smoke" if os.environ.get("BENCH_SMOKE") else "movement_mrpc"
@@ -41,7 +46,15 @@ def part_block(results: dict[str, Any]) -> dict[str, Any]:
     return bm.with_baseline(out, results, " mrpc")
 
 
-PARTS = {"labels": part_labels, "block": part_block}
+def part_grad(results: dict[str, Any]) -> dict[str, Any]:
+    """bench_movement_seeds.py's pair on MRPC: soft (global) block movement with gradient-initialised scores vs
+    prune_heads + prune_ffn, half the heads and FFN weights, seeds 42 and 43, against this machine's teacher."""
+    out = bs.pairs("grad", 0.5, bs.SEEDS[:2], results, " mrpc")
+    out["teacher"] = bm._STATE["teacher_scores"]
+    return out
+
+
+PARTS = {"labels": part_labels, "block": part_block, "grad": part_grad}
 
 
 def main(parts: list[str]) -> None:
@@ -50,10 +63,12 @@ def main(parts: list[str]) -> None:
     results = previous_parts(bm.NAME, set(PARTS) | {"teacher"})
     t = task("mrpc")
     bm._STATE.update(tok=models.load("minilm")[1], task=t)
-    if "block" in parts:
+    if {"block", "grad"} & set(parts):
         model, tok = teacher("mrpc")
         bm._STATE.update(teacher=model.eval(), tok=tok)
-        results["teacher"] = {"model": "teacher", **bm._scores(model, tok, t)}
+        bm._STATE["teacher_scores"] = {"model": "teacher", **bm._scores(model, tok, t)}
+        if "block" in parts:  # the teacher of the earlier parts' rows stays as it was otherwise
+            results["teacher"] = bm._STATE["teacher_scores"]
     for p in parts:
         t0 = time.perf_counter()
         results[p] = PARTS[p](results)
@@ -66,7 +81,9 @@ def markdown() -> str:
     d = json.loads((RESULTS / f"{bm.NAME}.json").read_text())
     out = ["| model | steps | remaining | dev acc | dev F1 | test acc | test F1 | params |",
            "|---|---|---|---|---|---|---|---|"]
-    rows = [d.get("teacher", {})] + [r for p in PARTS for r in d.get(p, {}).get("rows", [])]
+    rows = [d.get("teacher", {})] + [r for p in ("labels", "block") for r in d.get(p, {}).get("rows", [])]
+    if "grad" in d:
+        rows += [{**d["grad"]["teacher"], "model": "teacher (grad part)"}] + d["grad"]["rows"]
     for r in rows:
         if "scores" not in r:
             continue
