@@ -115,8 +115,10 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
     return row
 
 
-def structured_baseline(keep: float, suffix: str = "", seed: int | None = None) -> dict[str, Any]:
-    """prune_heads + prune_ffn (gradient importance, global) on the teacher, then the same distillation budget."""
+def structured_baseline(keep: float, suffix: str = "", seed: int | None = None, steps: int | None = None
+                        ) -> dict[str, Any]:
+    """prune_heads + prune_ffn (gradient importance, global) on the teacher, then the same distillation budget
+    (`steps` replaces its length)."""
     import slimformer as sf
     from slimformer.distill.step import Distill, distill
     from slimformer.models.io import clone, num_params
@@ -130,17 +132,18 @@ def structured_baseline(keep: float, suffix: str = "", seed: int | None = None) 
     t0 = time.perf_counter()
     model = clone(teacher)
     ml, seed = SETTINGS["train_max_len"], SETTINGS["seed"] if seed is None else seed
+    steps = SETTINGS["steps"] if os.environ.get("BENCH_SMOKE") else steps or SETTINGS["steps"]
     model, _ = sf.prune_heads(model, sf.PruneHeads(keep=keep), tok, t, work / "heads", seed, ml)
     model, _ = sf.prune_ffn(model, sf.PruneFFN(keep=keep), tok, t, work / "ffn", seed, ml)
     cfg = Distill(kd=SETTINGS["kd"], ce=SETTINGS["ce"], temperature=SETTINGS["temperature"], lr=SETTINGS["lr"],
-                  max_steps=SETTINGS["steps"], batch_size=SETTINGS["batch"], cache_teacher=True,
-                  warmup_ratio=0.1, save_steps=SETTINGS["steps"])
+                  max_steps=steps, batch_size=SETTINGS["batch"], cache_teacher=True, warmup_ratio=0.1,
+                  save_steps=steps)
     model, _ = distill(model, teacher, tok, t, cfg, work, seed, ml)
     wall = round(time.perf_counter() - t0, 1)
     shutil.rmtree(work, ignore_errors=True)
     out = WORK / "models" / _slug(name)
     sf.save(model, tok, out)
-    row = {"model": name, "start": "teacher", "seed": seed, "dev_acc": accuracy(model, tok, t),
+    row = {"model": name, "start": "teacher", "seed": seed, "steps": steps, "dev_acc": accuracy(model, tok, t),
            "params": num_params(model), "train_s": wall, "dir": str(out), **_scores(model, tok, t)}
     print({k: v for k, v in row.items() if k != "dir"}, flush=True)
     return row
