@@ -1,7 +1,7 @@
 """Block movement vs prune_heads + prune_ffn on three seeds, scored on SST-2 dev AND test, at two sizes.
 
     flock /tmp/slimformer-heavy.lock env HF_HUB_OFFLINE=1 SLIMFORMER_QUIET=1 .venv/bin/python \
-        benchmarks/bench_movement_seeds.py half keep60 latency long latency2
+        benchmarks/bench_movement_seeds.py half keep60 latency long per_kind latency2
 
 bench_movement.py compared the two on one seed and the 872 dev sentences, whose standard error (~1.1 points at
 87%) is the size of the gap it found (0.69). Here each method runs with seeds 42, 43 and 44, and every model is
@@ -9,8 +9,10 @@ also scored on the 1,821 sentences of the test split (never used for training or
 - `half`: half of the encoder's head and FFN weights (sparsity 0.5, 17.4M params), bench_movement.py's setting;
 - `keep60`: 60% kept (sparsity 0.4), the operating point for the issue's ">= 1.6x at batch 32 within 1 point";
 - `latency`: the teacher and every model above, interleaved, batch 1 and 32 (2 threads, seq 128);
-- `latency2`: the same for the teacher, `keep60`'s six models and `long`'s four, 200 s per batch size (the
-  13-model run gets 5 calls per model at batch 32: too few to tell 1.6x from 1.5x);
+- `per_kind`: `half`'s block runs with `threshold: per_kind` (half of the heads' weights and half of the FFN
+  neurons' kept, each across the layers: prune_heads + prune_ffn's allocation, movement's ranking);
+- `latency2`: the same for the teacher and the models of `keep60`, `long` and `per_kind`, 200 s per batch size
+  (the 13-model run gets 5 calls per model at batch 32: too few to tell 1.6x from 1.5x);
 - `long`: `half` on seeds 42 and 43 with 651 steps (3 epochs) for both methods instead of 120: does movement,
   whose scores need steps to learn, catch up when the budget grows?
 Block movement is the closest variant of bench_movement.py: soft (one global threshold), scores initialised from
@@ -87,10 +89,26 @@ def part_latency(results: dict[str, Any], parts: tuple[str, ...] = tuple(SIZES),
     return out
 
 
+def part_per_kind(results: dict[str, Any]) -> dict[str, Any]:
+    """`half`'s block runs with one threshold for heads and one for FFN neurons (`threshold: per_kind`): the
+    allocation of prune_heads + prune_ffn (half of each, chosen across layers), movement's scores otherwise."""
+    rows = results.setdefault("per_kind", {"rows": []})["rows"]
+    keep = SIZES["half"]
+    for seed in SEEDS:
+        name = _block_name(keep, seed) + ", per_kind"
+        if not any(r["model"] == name and "dev_acc" in r for r in rows):
+            rows[:] = [r for r in rows if r["model"] != name]
+            rows.append({**bm.fine_prune(name, variant="soft", sparsity=round(1 - keep, 4), block=True,
+                                         start="teacher", score_init="gradient", threshold="per_kind", seed=seed),
+                         "method": "block per_kind"})
+            write_result(bm.NAME, {"settings": bm.SETTINGS, **results})
+    return results["per_kind"]
+
+
 LONG_STEPS = 651  # 3 epochs of the 6,920 SST-2 sentences at batch 32, the teacher's own fine-tuning length
 PARTS = {"half": lambda r: pairs("half", SIZES["half"], SEEDS, r),
          "keep60": lambda r: pairs("keep60", SIZES["keep60"], SEEDS, r), "latency": part_latency,
-         "latency2": lambda r: part_latency(r, ("keep60", "long"), 200.0),
+         "latency2": lambda r: part_latency(r, ("keep60", "long", "per_kind"), 200.0), "per_kind": part_per_kind,
          "long": lambda r: pairs("long", SIZES["half"], SEEDS[:2], r, f" {LONG_STEPS} steps", LONG_STEPS)}
 
 
@@ -125,11 +143,11 @@ def markdown() -> str:
            "| keep | method | seed | heads | FFN neurons | params | dev | dev change | test | test change "
            "| b1 x | b32 x |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for part in ("half", "keep60", "long"):
+    for part in ("half", "per_kind", "keep60", "long"):
         keep = SIZES.get(part, SIZES["half"]) if part != "long" else f"{SIZES['half']}, {LONG_STEPS} steps"
         lat = d.get("latency2" if part != "half" and "latency2" in d else "latency", {})
         rows = [r for r in d.get(part, {}).get("rows", []) if "dev_acc" in r]
-        for method in ("block", "baseline"):
+        for method in ("block", "block per_kind", "baseline"):
             mine = [r for r in rows if r["method"] == method]
             for r in mine:
                 out.append(f"| {keep} | {method} | {r['seed']} | {r.get('heads_kept', '')} | {r.get('ffn_kept', '')} | "

@@ -90,6 +90,30 @@ def test_soft_threshold_keeps_the_scheduled_fraction_overall():
     assert 0 < float(reg.detach()) < 1 and reg.requires_grad
 
 
+def test_per_kind_threshold_keeps_the_fraction_of_heads_and_of_neurons_separately():
+    model = tiny("bert")
+    plan = Plan("soft", build_groups(model, PruneMovement(sparsity=0.5, block=True)), by_kind=True)
+    attach(model, plan)
+    for g in plan.groups.values():  # heads score far above neurons: one global threshold keeps heads first
+        plan.scores[g.key].data = torch.randn(g.shape) + (10.0 if g.kind == "heads" else 0.0)
+
+    def kept(kind):
+        groups = [g for g in plan.groups.values() if g.kind == kind]
+        total = sum(g.weights * g.shape[0] for g in groups)
+        return sum(g.weights * int(unit_masks(plan)[g.key].sum()) for g in groups) / total, \
+            max(g.weights for g in groups) / total
+
+    plan.set_keep(0.5)
+    for kind in ("heads", "ffn"):
+        frac, unit = kept(kind)
+        assert abs(frac - 0.5) <= unit + 1e-9
+    plan.by_kind = False
+    plan.set_keep(0.5)
+    assert kept("heads")[0] > 0.5 + kept("heads")[1] and kept("ffn")[0] < 0.5
+    with pytest.raises(SlimformerError, match="per_kind"):
+        PruneMovement(sparsity=0.5, threshold="per_kind")
+
+
 def test_folding_reproduces_the_masked_model_and_leaves_a_plain_model():
     model = tiny("bert")
     batch = inputs(model)
@@ -165,7 +189,8 @@ def test_sparse_format_reloads_identical_weights_and_is_smaller(tokenizer, tmp_p
     sf.save(model, tokenizer, tmp_path / "dense")
     save_sparse(model, tokenizer, tmp_path / "sparse")
     assert not (tmp_path / "sparse" / "model.safetensors").exists()
-    assert (tmp_path / "sparse" / SPARSE_FILE).stat().st_size < (tmp_path / "dense" / "model.safetensors").stat().st_size
+    dense_bytes = (tmp_path / "dense" / "model.safetensors").stat().st_size
+    assert (tmp_path / "sparse" / SPARSE_FILE).stat().st_size < dense_bytes
     back, _ = load_sparse(tmp_path / "sparse")
     want = model.state_dict()
     assert set(back.state_dict()) == set(want)

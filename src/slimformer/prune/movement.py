@@ -9,7 +9,8 @@ is the one fine-pruned: the paper starts from the pre-trained model (give `minil
 model as `teacher`); starting from a fine-tuned model works the same way.
 
 - `variant`: hard (top-k of learned scores per matrix), soft (sigmoid threshold + L1 regularizer on the
-  scores; tau set globally each step so the kept fraction follows the schedule), magnitude (top-k of |W| per
+  scores; tau set globally each step so the kept fraction follows the schedule; in block mode `threshold:
+  per_kind` sets one for heads and one for FFN neurons), magnitude (top-k of |W| per
   matrix: gradual magnitude pruning on the same budget and schedule). Scores learn at `score_lr` (1e-2),
   weights at `lr` (3e-5), as in the reference code; see movement_masks.py for the rules and their sources.
 - `score_init`: magnitude (the default: scores start at |W| / mean |W|, so the first masks are magnitude
@@ -64,6 +65,10 @@ class PruneMovement(Distill):
         "magnitude pruning's and movement adjusts them | gradient (block only): heads and neurons start ranked by "
         "prune_heads / prune_ffn's gradient importance on 256 training examples | zeros: the paper's start "
         "(experimental: collapsed on MiniLM SST-2 with up to 865 steps; docs/BENCHMARKS.md section 9)")
+    threshold: Literal["global", "per_kind"] = Field(
+        "global", description="soft, block: one threshold over every head and neuron (global: attention and FFN "
+        "compete for the weights kept) | one for heads and one for FFN neurons (per_kind: each keeps 1 - sparsity "
+        "of its weights across the layers, as prune_heads + prune_ffn at the same keep)")
     regularization: float = Field(400.0, ge=0, description="soft: final lambda of the L1 term on sigmoid(scores)")
     prune_warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the run before pruning starts")
     prune_cooldown: float = Field(0.2, ge=0, lt=1, description="fraction of the run at the final sparsity")
@@ -82,6 +87,9 @@ class PruneMovement(Distill):
               f"the heads and FFN neurons of every layer (drop include)")
         check(self.block or self.score_init != "gradient", f"{s}: score_init gradient ranks heads and FFN neurons; "
               f"it needs block: true")
+        check(self.threshold == "global" or (self.block and self.variant == "soft"), f"{s}: threshold per_kind "
+              f"splits soft block movement's threshold between heads and FFN neurons; it needs variant: soft and "
+              f"block: true")
         regexes(self.include, "include")
         return self
 
@@ -226,7 +234,7 @@ def prune_movement(model: nn.Module, teacher: nn.Module | None, tokenizer: Any, 
               f"{cfg.step}: kd, cos, hidden, attention and pkd need a teacher; pass one or set them to 0")
         teacher = model  # never run: the loss is the labels' alone
     groups = build_groups(model, cfg)
-    plan = Plan(cfg.variant, groups)
+    plan = Plan(cfg.variant, groups, by_kind=cfg.threshold == "per_kind")
     before = sum(m.weight.numel() for m in prunable(model, None if cfg.block else cfg.include).values())
     attach(model, plan, gradient_init(model, groups, tokenizer, task, max_len, seed)
            if cfg.score_init == "gradient" else cfg.score_init)

@@ -21,7 +21,9 @@ code, transformers `examples/research_projects/movement-pruning`: `emmental/modu
 
 Our one departure, stated where it is used: soft movement's tau is set every step as the global value that keeps
 the scheduled fraction of all included weights (the reference code's `--global_topk` threshold), instead of a
-fixed tau whose sparsity comes out of lambda: this lets every method be compared at the same sparsity.
+fixed tau whose sparsity comes out of lambda: this lets every method be compared at the same sparsity. In block
+mode it may instead be set per kind (`by_kind`): heads and FFN neurons each keep that fraction of their own
+weights across all layers, the allocation prune_heads + prune_ffn make at the same keep.
 
 Block mode (Lagunas et al. 2021, "Block Pruning For Faster Transformers"; huggingface/nn_pruning): one score per
 attention head (its query/key/value rows and output-projection columns, tied; a whole key/value group under
@@ -112,7 +114,8 @@ class Plan:
     groups: dict[str, Group]
     scores: nn.ParameterDict | None = None
     keep: float = 1.0
-    tau: float = float("-inf")
+    by_kind: bool = False  # soft: one tau per group kind (heads, ffn) instead of one over all scores
+    tau: dict[str, float] = field(default_factory=dict)  # group kind (or "all") -> threshold
     modules: dict[str, nn.Module] = field(default_factory=dict)
 
     def mask(self, group: Group, weight: torch.Tensor) -> torch.Tensor:
@@ -122,14 +125,17 @@ class Plan:
         assert self.scores is not None
         s = self.scores[group.key]
         if self.variant == "soft":
-            return ThresholdSTE.apply(s, self.tau) if self.keep < 1.0 else TopKSTE.apply(s, 1.0)
+            if self.keep >= 1.0:
+                return TopKSTE.apply(s, 1.0)
+            return ThresholdSTE.apply(s, self.tau[group.kind if self.by_kind else "all"])
         return TopKSTE.apply(s, self.keep)
 
     def set_keep(self, keep: float) -> None:
-        """Move to a new kept fraction; soft movement recomputes its global tau from the scores."""
+        """Move to a new kept fraction; soft movement recomputes its global tau (one per kind if by_kind)."""
         self.keep = keep
         if self.variant == "soft" and keep < 1.0:
-            self.tau = global_threshold(self, keep)
+            kinds = {g.kind for g in self.groups.values()} if self.by_kind else {None}
+            self.tau = {k or "all": global_threshold(self, keep, k) for k in kinds}
 
     def regularizer(self) -> torch.Tensor:
         """L1 of sigmoid(S), mean per score tensor averaged over tensors (the reference's `regularization`)."""
@@ -138,11 +144,11 @@ class Plan:
         return torch.stack(vals).mean()
 
 
-def global_threshold(plan: Plan, keep: float) -> float:
+def global_threshold(plan: Plan, keep: float, kind: str | None = None) -> float:
     """The score tau such that the groups' scores above it cover `keep` of all their weights (each score counted
-    by the weights it masks; ties above tau)."""
+    by the weights it masks; ties above tau); only the groups of `kind` if given."""
     assert plan.scores is not None
-    groups = list(plan.groups.values())
+    groups = [g for g in plan.groups.values() if kind is None or g.kind == kind]
     flat = torch.cat([plan.scores[g.key].detach().flatten() for g in groups])
     if all(g.weights == 1 for g in groups):
         k = kept_count(keep, flat.numel())
