@@ -297,26 +297,31 @@ def part_block(results: dict[str, Any]) -> dict[str, Any]:
     return with_baseline(out, results)
 
 
-def part_latency(results: dict[str, Any]) -> dict[str, Any]:
-    """Teacher vs the block-pruned and structured models, batch 1 and 32, interleaved in one run each."""
+def time_models(results: dict[str, Any], parts: tuple[str, ...], budget_s: float) -> dict[str, Any]:
+    """The teacher and every saved model of `parts`, interleaved, batch 1 and 32, `budget_s` per batch size."""
     from slimformer import models
     from slimformer.bench import compare_latency
 
     cands: dict[str, Any] = {"teacher": _STATE["teacher"]}
-    for r in [r for p in ("block", "block_init", "block_global", "block_grad")
-              for r in results.get(p, {}).get("rows", [])]:
+    for r in [r for p in parts for r in results.get(p, {}).get("rows", [])]:
         if "dir" in r and os.path.isdir(r["dir"]):  # models of an earlier machine are gone: not timed
-            cands[r["model"]] = models.load(r["dir"])[0]
-    out: dict[str, Any] = {}
+            cands[r["model"]] = models.load(r["dir"])[0].eval()
+    out: dict[str, Any] = {"models": len(cands)}
     for b in (1, 32):
         lat = compare_latency(cands, _STATE["tok"], b, SETTINGS["seq_len"], SETTINGS["threads"],
-                              budget_s=SETTINGS["latency_budget_s"])
+                              budget_s=min(budget_s, SETTINGS["latency_budget_s"]) if os.environ.get("BENCH_SMOKE")
+                              else budget_s)
         base = lat["teacher"].median_ms
         out[f"b{b}_ms"] = {k: round(v.median_ms, 2) for k, v in lat.items()}
         out[f"b{b}_speedup"] = {k: round(base / v.median_ms, 2) for k, v in lat.items()}
         out[f"b{b}"] = {k: v.summary() for k, v in lat.items()}
         print(b, out[f"b{b}_speedup"], flush=True)
     return out
+
+
+def part_latency(results: dict[str, Any]) -> dict[str, Any]:
+    """Teacher vs the block-pruned and structured models, batch 1 and 32, interleaved in one run each."""
+    return time_models(results, ("block", "block_init", "block_global", "block_grad"), SETTINGS["latency_budget_s"])
 
 
 def part_sparse(results: dict[str, Any]) -> dict[str, Any]:

@@ -70,23 +70,7 @@ def pairs(part: str, keep: float, seeds: tuple[int, ...], results: dict[str, Any
 def part_latency(results: dict[str, Any], parts: tuple[str, ...] = tuple(SIZES), budget_s: float = 40.0
                  ) -> dict[str, Any]:
     """The teacher and every saved model of `parts`, interleaved, batch 1 and 32, `budget_s` per batch size."""
-    from slimformer import models
-    from slimformer.bench import compare_latency
-
-    cands: dict[str, Any] = {"teacher": bm._STATE["teacher"]}
-    for r in [r for p in parts for r in results.get(p, {}).get("rows", [])]:
-        if "dir" in r and os.path.isdir(r["dir"]):
-            cands[r["model"]] = models.load(r["dir"])[0].eval()
-    out: dict[str, Any] = {"models": len(cands)}
-    for b in (1, 32):
-        lat = compare_latency(cands, bm._STATE["tok"], b, bm.SETTINGS["seq_len"], bm.SETTINGS["threads"],
-                              budget_s=1 if os.environ.get("BENCH_SMOKE") else budget_s)
-        base = lat["teacher"].median_ms
-        out[f"b{b}_ms"] = {k: round(v.median_ms, 2) for k, v in lat.items()}
-        out[f"b{b}_speedup"] = {k: round(base / v.median_ms, 2) for k, v in lat.items()}
-        out[f"b{b}"] = {k: v.summary() for k, v in lat.items()}
-        print(b, out[f"b{b}_speedup"], flush=True)
-    return out
+    return bm.time_models(results, parts, budget_s)
 
 
 def part_per_kind(results: dict[str, Any]) -> dict[str, Any]:
