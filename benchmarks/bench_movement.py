@@ -67,6 +67,11 @@ def _scores(model: Any, tok: Any, t: Any) -> dict[str, Any]:
         "eval_max_len"]).items()} for sp in ("dev", "test") if sp in t.splits}}
 
 
+def budget_steps(steps: int | None) -> int:
+    """A run's optimizer steps: `steps`, else the shared budget (always the smoke budget in a smoke run)."""
+    return SETTINGS["steps"] if os.environ.get("BENCH_SMOKE") else steps or SETTINGS["steps"]
+
+
 def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, seed: int | None = None,
                start: str = "minilm", steps: int | None = None, **override: Any) -> dict[str, Any]:
     """One fine-pruning run on the shared budget (PruneMovement fields in `override` replace it; kd 0 runs on
@@ -79,7 +84,7 @@ def fine_prune(name: str, variant: str, sparsity: float, block: bool = False, se
     teacher, tok, t = _STATE.get("teacher"), _STATE["tok"], _STATE["task"]
     model = clone(teacher) if start == "teacher" else models.load("minilm", task=t)[0]
     seed = SETTINGS["seed"] if seed is None else seed
-    steps = SETTINGS["steps"] if os.environ.get("BENCH_SMOKE") else steps or SETTINGS["steps"]
+    steps = budget_steps(steps)
     fields = dict(variant=variant, sparsity=sparsity, block=block, max_steps=steps, batch_size=SETTINGS["batch"],
                   lr=SETTINGS["lr"], score_lr=SETTINGS["score_lr"], kd=SETTINGS["kd"], ce=SETTINGS["ce"],
                   temperature=SETTINGS["temperature"], cache_teacher=True, save_steps=steps,
@@ -132,7 +137,7 @@ def structured_baseline(keep: float, suffix: str = "", seed: int | None = None, 
     t0 = time.perf_counter()
     model = clone(teacher)
     ml, seed = SETTINGS["train_max_len"], SETTINGS["seed"] if seed is None else seed
-    steps = SETTINGS["steps"] if os.environ.get("BENCH_SMOKE") else steps or SETTINGS["steps"]
+    steps = budget_steps(steps)
     model, _ = sf.prune_heads(model, sf.PruneHeads(keep=keep), tok, t, work / "heads", seed, ml)
     model, _ = sf.prune_ffn(model, sf.PruneFFN(keep=keep), tok, t, work / "ffn", seed, ml)
     cfg = Distill(kd=SETTINGS["kd"], ce=SETTINGS["ce"], temperature=SETTINGS["temperature"], lr=SETTINGS["lr"],

@@ -40,24 +40,32 @@ def _block_name(keep: float, seed: int) -> str:
     return f"block soft {round(keep * 100)}% heads+ffn score_init gradient from teacher seed {seed}"
 
 
+def method(name: str) -> str:
+    """The table's method of a row, from its model name."""
+    if not name.startswith("block"):
+        return "baseline"
+    return "block per_kind" if name.endswith(", per_kind") else "block"
+
+
 def pairs(part: str, keep: float, seeds: tuple[int, ...], results: dict[str, Any], tag: str = "",
-          steps: int | None = None) -> dict[str, Any]:
-    """Block movement and the baseline at `keep`, seed by seed, into results[part] (saved as they finish; rows
-    already there are kept), each trained for `steps` (default: bm.SETTINGS'). bm._STATE must hold the teacher,
-    tokenizer and task."""
+          steps: int | None = None, baseline: bool = True, **block: Any) -> dict[str, Any]:
+    """Block movement (`block` overrides its PruneMovement fields) and, unless `baseline` is False, the baseline
+    at `keep`, seed by seed, into results[part] (saved as they finish; finished rows are kept), each trained for
+    `steps` (default: bm.SETTINGS'). bm._STATE must hold the teacher, tokenizer and task."""
     rows = results.setdefault(part, {"rows": []})["rows"]
     for seed in seeds:
         todo = [(_block_name(keep, seed) + tag, lambda n, s=seed: bm.fine_prune(
                     n, variant="soft", sparsity=round(1 - keep, 4), block=True, start="teacher",
-                    score_init="gradient", seed=s, steps=steps)),
-                (f"prune_heads+prune_ffn keep {keep} seed {seed}{tag}",
-                 lambda n, s=seed: bm.structured_baseline(keep, f" seed {s}{tag}", seed=s, steps=steps))]
+                    score_init="gradient", seed=s, steps=steps, **block))]
+        if baseline:
+            todo.append((f"prune_heads+prune_ffn keep {keep} seed {seed}{tag}",
+                         lambda n, s=seed: bm.structured_baseline(keep, f" seed {s}{tag}", seed=s, steps=steps)))
         for name, run in todo:
             if any(r["model"] == name and "dev_acc" in r for r in rows):
                 continue
             rows[:] = [r for r in rows if r["model"] != name]
             try:
-                rows.append({**run(name), "method": "block" if name.startswith("block") else "baseline"})
+                rows.append(run(name))
             except Exception as e:  # record and go on
                 import traceback
 
@@ -67,32 +75,14 @@ def pairs(part: str, keep: float, seeds: tuple[int, ...], results: dict[str, Any
     return results[part]
 
 
-def part_latency(results: dict[str, Any], parts: tuple[str, ...] = tuple(SIZES), budget_s: float = 40.0
-                 ) -> dict[str, Any]:
-    """The teacher and every saved model of `parts`, interleaved, batch 1 and 32, `budget_s` per batch size."""
-    return bm.time_models(results, parts, budget_s)
-
-
-def part_per_kind(results: dict[str, Any]) -> dict[str, Any]:
-    """`half`'s block runs with one threshold for heads and one for FFN neurons (`threshold: per_kind`): the
-    allocation of prune_heads + prune_ffn (half of each, chosen across layers), movement's scores otherwise."""
-    rows = results.setdefault("per_kind", {"rows": []})["rows"]
-    keep = SIZES["half"]
-    for seed in SEEDS:
-        name = _block_name(keep, seed) + ", per_kind"
-        if not any(r["model"] == name and "dev_acc" in r for r in rows):
-            rows[:] = [r for r in rows if r["model"] != name]
-            rows.append({**bm.fine_prune(name, variant="soft", sparsity=round(1 - keep, 4), block=True,
-                                         start="teacher", score_init="gradient", threshold="per_kind", seed=seed),
-                         "method": "block per_kind"})
-            write_result(bm.NAME, {"settings": bm.SETTINGS, **results})
-    return results["per_kind"]
-
-
 LONG_STEPS = 651  # 3 epochs of the 6,920 SST-2 sentences at batch 32, the teacher's own fine-tuning length
 PARTS = {"half": lambda r: pairs("half", SIZES["half"], SEEDS, r),
-         "keep60": lambda r: pairs("keep60", SIZES["keep60"], SEEDS, r), "latency": part_latency,
-         "latency2": lambda r: part_latency(r, ("keep60", "long", "per_kind"), 200.0), "per_kind": part_per_kind,
+         "keep60": lambda r: pairs("keep60", SIZES["keep60"], SEEDS, r),
+         "latency": lambda r: bm.time_models(r, tuple(SIZES), 40.0),
+         "latency2": lambda r: bm.time_models(r, ("keep60", "long", "per_kind"), 200.0),
+         # half's block runs with prune_heads + prune_ffn's allocation (one threshold for heads, one for neurons)
+         "per_kind": lambda r: pairs("per_kind", SIZES["half"], SEEDS, r, ", per_kind", baseline=False,
+                                     threshold="per_kind"),
          "long": lambda r: pairs("long", SIZES["half"], SEEDS[:2], r, f" {LONG_STEPS} steps", LONG_STEPS)}
 
 
@@ -131,10 +121,10 @@ def markdown() -> str:
         keep = SIZES.get(part, SIZES["half"]) if part != "long" else f"{SIZES['half']}, {LONG_STEPS} steps"
         lat = d.get("latency2" if part != "half" and "latency2" in d else "latency", {})
         rows = [r for r in d.get(part, {}).get("rows", []) if "dev_acc" in r]
-        for method in ("block", "block per_kind", "baseline"):
-            mine = [r for r in rows if r["method"] == method]
+        for kind in ("block", "block per_kind", "baseline"):
+            mine = [r for r in rows if method(r["model"]) == kind]
             for r in mine:
-                out.append(f"| {keep} | {method} | {r['seed']} | {r.get('heads_kept', '')} | {r.get('ffn_kept', '')} | "
+                out.append(f"| {keep} | {kind} | {r['seed']} | {r.get('heads_kept', '')} | {r.get('ffn_kept', '')} | "
                            f"{r['params']:,} | {r['dev_acc']} | {r['dev_acc'] - te['dev_acc']:+.2f} | "
                            f"{r.get('test_acc', '')} | {r['test_acc'] - te['test_acc']:+.2f} | "
                            f"{lat.get('b1_speedup', {}).get(r['model'], '')} | "
@@ -142,7 +132,7 @@ def markdown() -> str:
             if mine:
                 speed = [[lat.get(f"b{b}_speedup", {}).get(r["model"]) for r in mine] for b in (1, 32)]
                 cells = [f"{statistics.mean(x):.2f}" if all(x) else "" for x in speed]
-                out.append(f"| {keep} | **{method}, mean** | | | | | | "
+                out.append(f"| {keep} | **{kind}, mean** | | | | | | "
                            f"**{_mean([r['dev_acc'] - te['dev_acc'] for r in mine])}** | | "
                            f"**{_mean([r['test_acc'] - te['test_acc'] for r in mine])}** | {cells[0]} | {cells[1]} |")
     return "\n".join(out)
